@@ -1,0 +1,42 @@
+"""Errors raised while deriving or materialising an image spec.
+
+Each says what was wrong and what to do about it; catch `ImageSpecError` to handle them all::
+
+    try:
+        spec = derive_image_spec()
+    except ImageSpecError as error:
+        print(error)
+"""
+
+from __future__ import annotations
+
+
+class ImageSpecError(Exception):
+    """Base class: the project or the machine cannot yield an image spec."""
+
+
+class ProjectNotFoundError(ImageSpecError):
+    """No `pyproject.toml` in the working directory or any folder above it."""
+
+
+class LockfileError(ImageSpecError):
+    """`uv.lock` is missing or no longer matches `pyproject.toml`."""
+
+
+class UvNotFoundError(ImageSpecError):
+    """The `uv` executable is not on PATH."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "uv is not installed or not on PATH; mini uses it to export pins and build environments. "
+            "Install it with `pip install uv` "
+            "(or see https://docs.astral.sh/uv/getting-started/installation/), then retry."
+        )
+
+
+class UvCommandError(ImageSpecError):
+    """A uv command failed; the message ends with the tail of its stderr."""
+
+
+class SourcesError(ImageSpecError):
+    """`src/` is missing or empty, or holds a package whose name cannot be imported."""
