@@ -7,8 +7,6 @@ subprocess.run([env.python, "-c", "import mini"], env={"PYTHONPATH": str(sources
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -16,17 +14,18 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mini.image.cache import exclusive_lock
+from mini.image.requirements import requirement_name
 from mini.image.sources import shipped_files
 from mini.image.uv_command import run_uv
 
 # Wheels that only make sense next to an NVIDIA driver: CUDA runtime libraries and CUDA backends of
 # array libraries. Installing them on a CPU-only machine costs gigabytes and gains nothing.
 _GPU_ONLY_NAME = re.compile(r"^(nvidia-.+|jax-cuda.+|cupy-cuda.+|.+-cu1[0-9])$")
-_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def materialise_environment(
     if _is_built(root):
         return environment
     cache.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(cache / f"{root.name}.lock"):
+    with exclusive_lock(cache / f"{root.name}.lock"):
         if not _is_built(root):
             _build(python_version, kept, root)
     return environment
@@ -103,9 +102,7 @@ def split_gpu_only(requirements: Sequence[str]) -> tuple[list[str], list[str]]:
     kept: list[str] = []
     dropped: list[str] = []
     for line in requirements:
-        match = _REQUIREMENT_NAME.match(line)
-        name = re.sub(r"[-_.]+", "-", match.group(1)).lower() if match else ""
-        (dropped if _GPU_ONLY_NAME.match(name) else kept).append(line)
+        (dropped if _GPU_ONLY_NAME.match(requirement_name(line)) else kept).append(line)
     return kept, dropped
 
 
@@ -136,16 +133,6 @@ def default_environment_cache() -> Path:
 def _is_built(root: Path) -> bool:
     # The rename into `root` is the last step of a build, so its presence means the build finished.
     return (root / "pyvenv.cfg").is_file()
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _build(python_version: str, requirements: Sequence[str], root: Path) -> None:
