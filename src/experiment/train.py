@@ -1,0 +1,75 @@
+"""Train one MLP on the two-spirals task and report what happened, in plain Python types."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from experiment import model
+from experiment.adam import adam_init, adam_update
+from experiment.config import TrainConfig
+from experiment.data import two_spirals
+
+_TRAIN_POINTS = 1024
+_TEST_POINTS = 1024
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Fit an MLP with full-batch Adam and return its config, metrics and loss curve.
+
+    The result holds only floats, ints and strings (and `losses`, a list of floats), so it pickles cheaply
+    across any backend: the config's fields, `final_loss` (training loss at the last step), `accuracy` (on
+    held-out points), `wall_time_s` (including JIT compilation), `device` (where JAX ran it, e.g. `"cpu"` or
+    `"gpu (NVIDIA A100-SXM4-40GB)"`) and `losses` (the training loss at every step).
+
+    Example:
+        >>> result = train(TrainConfig(learning_rate=1e-2, hidden=16, steps=100))
+        >>> result["final_loss"] < result["losses"][0]
+        True
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"train() takes an experiment.config.TrainConfig, got {type(config).__name__}")
+    start = time.perf_counter()
+    x, y = two_spirals((_TRAIN_POINTS + _TEST_POINTS) // 2, seed=config.seed)
+    x_train, y_train = x[:_TRAIN_POINTS], y[:_TRAIN_POINTS]
+    x_test, y_test = x[_TRAIN_POINTS:], y[_TRAIN_POINTS:]
+    sizes = [2, *[config.hidden] * config.depth, 1]
+    params = model.init_mlp(jax.random.key(config.seed), sizes)
+    params, losses = _fit(params, x_train, y_train, config.learning_rate, config.steps)
+    accuracy = float(model.accuracy(params, x_test, y_test))
+    curve = np.asarray(losses).tolist()
+    return {
+        **dataclasses.asdict(config),
+        "final_loss": curve[-1],
+        "accuracy": accuracy,
+        "wall_time_s": time.perf_counter() - start,
+        "device": _device_name(next(iter(losses.devices()))),
+        "losses": curve,
+    }
+
+
+@functools.partial(jax.jit, static_argnames="steps")
+def _fit(
+    params: model.Params, x: jax.Array, y: jax.Array, learning_rate: float, steps: int
+) -> tuple[model.Params, jax.Array]:
+    # One compiled loop over all steps: a Python loop would pay dispatch overhead on every step, which
+    # dominates for a network this small. The learning rate is traced, so a sweep over it compiles once.
+    def step(carry, _):
+        params, state = carry
+        loss, grads = jax.value_and_grad(model.loss)(params, x, y)
+        params, state = adam_update(params, grads, state, learning_rate)
+        return (params, state), loss
+
+    (params, _), losses = jax.lax.scan(step, (params, adam_init(params)), length=steps)
+    return params, losses
+
+
+def _device_name(device: jax.Device) -> str:
+    if device.device_kind.lower() == device.platform:
+        return device.platform
+    return f"{device.platform} ({device.device_kind})"
