@@ -79,7 +79,7 @@ def test_shipped_files_skip_caches_and_hidden_files_but_keep_private_modules(tmp
         (package / relative).write_text("x")
     (package / ".git").mkdir()
     (package / ".git" / "HEAD").write_text("x")
-    assert [p.as_posix() for p in shipped_files(package)] == [
+    assert shipped_files(package) == [
         "app/__init__.py",
         "app/_impl.py",
         "app/data/table.json",

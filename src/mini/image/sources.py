@@ -60,23 +60,26 @@ def discover_packages(project_root: Path, pyproject: Mapping[str, Any]) -> tuple
     return packages
 
 
-def shipped_files(package: Path) -> list[Path]:
-    """The files a package ships, relative to its parent folder, sorted; caches and hidden files excluded.
+def shipped_files(package: Path) -> list[str]:
+    """The files a package ships, as POSIX paths relative to its parent folder, sorted; caches and hidden
+    files excluded.
 
-    shipped_files(Path("src/mini"))  # [Path("mini/__init__.py"), Path("mini/image/spec.py"), ...]
+    shipped_files(Path("src/mini"))  # ["mini/__init__.py", "mini/image/spec.py", ...]
     """
     if package.is_file():
-        return [Path(package.name)]
-    found: list[Path] = []
+        return [package.name]
+    # Plain strings rather than Path objects: this runs on every derivation, over every shipped file.
+    found: list[str] = []
+    parent = str(package.parent)
     for folder, subfolders, files in os.walk(package):
         subfolders[:] = [name for name in subfolders if not _is_skipped(name)]
-        base = Path(folder).relative_to(package.parent)
+        base = os.path.relpath(folder, parent).replace(os.sep, "/")
         found.extend(
-            base / name
+            f"{base}/{name}"
             for name in files
-            if not _is_skipped(name) and Path(name).suffix not in _SKIPPED_SUFFIXES
+            if not _is_skipped(name) and os.path.splitext(name)[1] not in _SKIPPED_SUFFIXES
         )
-    return sorted(found, key=lambda path: path.as_posix())
+    return sorted(found)
 
 
 def hash_files(packages: Iterable[Package]) -> dict[str, str]:
@@ -86,10 +89,10 @@ def hash_files(packages: Iterable[Package]) -> dict[str, str]:
     """
     digests: dict[str, str] = {}
     for package in packages:
+        parent = str(package.path.parent)
         for relative in shipped_files(package.path):
-            digests[relative.as_posix()] = hashlib.sha256(
-                (package.path.parent / relative).read_bytes()
-            ).hexdigest()
+            with open(os.path.join(parent, relative), "rb") as file:
+                digests[relative] = hashlib.sha256(file.read()).hexdigest()
     return digests
 
 
