@@ -1,1 +1,64 @@
-"""mini."""
+"""mini: write experiment code once; run it here or on Modal's GPUs by swapping one object.
+
+>>> from mini import LocalApparatus
+>>> with LocalApparatus("demo", workers=2) as app:
+...     print(list(app.map(pow, [2, 3], [2, 2])))
+[4, 9]
+
+Importing mini does no work: backends load on first use, and `modal` only when a Modal backend is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mini.apparatus import Apparatus
+    from mini.errors import (
+        CallTimeoutError,
+        MiniError,
+        OptionError,
+        RemoteError,
+        SerializationError,
+        WorkerCrashed,
+    )
+    from mini.local.apparatus import LocalApparatus
+    from mini.options import Options
+
+__all__ = [
+    "Apparatus",
+    "CallTimeoutError",
+    "LocalApparatus",
+    "MiniError",
+    "OptionError",
+    "Options",
+    "RemoteError",
+    "SerializationError",
+    "WorkerCrashed",
+]
+
+_WHERE = {
+    "Apparatus": "mini.apparatus",
+    "LocalApparatus": "mini.local.apparatus",
+    "Options": "mini.options",
+    "CallTimeoutError": "mini.errors",
+    "MiniError": "mini.errors",
+    "OptionError": "mini.errors",
+    "RemoteError": "mini.errors",
+    "SerializationError": "mini.errors",
+    "WorkerCrashed": "mini.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mini' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

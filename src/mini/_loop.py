@@ -1,0 +1,114 @@
+"""The private event loop every apparatus runs its async core on.
+
+Running the core on one loop in a daemon thread lets the sync API work anywhere, including inside a
+running loop (a notebook cell), and keeps backend resources (pipes, sockets) bound to a single loop
+whichever thread or loop the user calls from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_thread: threading.Thread | None = None
+
+
+def loop() -> asyncio.AbstractEventLoop:
+    """The private loop, started on first use."""
+    global _loop, _thread
+    with _lock:
+        if _loop is None or _loop.is_closed():
+            _loop = asyncio.new_event_loop()
+            _thread = threading.Thread(target=_loop.run_forever, name="mini-loop", daemon=True)
+            _thread.start()
+        return _loop
+
+
+def in_loop_thread() -> bool:
+    return _thread is not None and threading.current_thread() is _thread
+
+
+class Job(Generic[T]):
+    """A coroutine running on the private loop. Its future resolves only once the coroutine has really
+    finished, so a cancelled job has completed its cleanup (stopping workers) when `cancel_and_wait` returns."""
+
+    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
+        self.future: Future[T] = Future()
+        self._done = threading.Event()
+        self._loop = loop()
+        self._task: asyncio.Task[T] | None = None
+        self._loop.call_soon_threadsafe(self._start, coro)
+
+    def _start(self, coro: Coroutine[Any, Any, T]) -> None:
+        if self.future.cancelled():
+            coro.close()
+            self._done.set()
+            return
+        self._task = self._loop.create_task(coro)
+        self._task.add_done_callback(self._finish)
+
+    def _finish(self, task: asyncio.Task[T]) -> None:
+        self._done.set()
+        if self.future.done():  # cancelled from the caller's side (e.g. through asyncio.wrap_future)
+            return
+        if task.cancelled():
+            self.future.cancel()
+        elif task.exception() is not None:
+            self.future.set_exception(task.exception())  # type: ignore[arg-type]
+        else:
+            self.future.set_result(task.result())
+
+    def cancel_and_wait(self) -> None:
+        self._loop.call_soon_threadsafe(self._cancel)
+        self._done.wait()
+
+    def _cancel(self) -> None:
+        if self._task is None:
+            self.future.cancel()
+            self._done.set()
+        else:
+            self._task.cancel()
+
+
+def wait(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on the private loop and block until it ends; Ctrl-C cancels it and waits for cleanup."""
+    if in_loop_thread():
+        coro.close()
+        raise RuntimeError("mini's blocking API cannot be called from mini's own event loop thread")
+    job = Job(coro)
+    try:
+        return job.future.result()
+    except KeyboardInterrupt:
+        job.cancel_and_wait()
+        raise
+
+
+async def wrap(coro: Coroutine[Any, Any, T]) -> T:
+    """Await `coro` on the private loop from the caller's loop; cancelling the caller cancels it."""
+    if in_loop_thread():
+        return await coro
+    job = Job(coro)
+    try:
+        return await asyncio.wrap_future(job.future)
+    except asyncio.CancelledError:
+        await asyncio.get_running_loop().run_in_executor(None, job.cancel_and_wait)
+        raise
+
+
+def _shutdown() -> None:
+    global _loop
+    with _lock:
+        if _loop is not None and not _loop.is_closed():
+            _loop.call_soon_threadsafe(_loop.stop)
+        _loop = None
+
+
+atexit.register(_shutdown)

@@ -1,0 +1,49 @@
+"""Exceptions mini raises on its own behalf (a user's exception comes back as its own type)."""
+
+from __future__ import annotations
+
+
+class MiniError(Exception):
+    """Base class of mini's own errors."""
+
+
+class OptionError(MiniError, ValueError):
+    """An unknown or invalid option was given to an apparatus (see `Apparatus.w`)."""
+
+
+class SerializationError(MiniError, TypeError):
+    """An argument, function or result could not cross the serialisation boundary (cloudpickle)."""
+
+
+class WorkerCrashed(MiniError):
+    """The worker process running a call died (os._exit, a signal, the OOM killer) before it answered."""
+
+
+class CallTimeoutError(MiniError, TimeoutError):
+    """A call ran longer than the apparatus's `timeout`."""
+
+
+class RemoteError(MiniError):
+    """A call failed with an exception that could not be brought back as its own type.
+
+    `type_name` names the original exception type; the remote traceback is attached as the cause.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (self.type_name, self.message)
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised where the call ran; shown as the cause."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return "\n\nRemote traceback:\n" + self.text

@@ -1,0 +1,1 @@
+"""The local backend: calls run on this machine, in threads or worker processes."""

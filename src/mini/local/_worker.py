@@ -1,0 +1,59 @@
+"""A worker process: `python -m mini.local._worker FD` runs batches of calls sent over socket FD.
+
+It imports only the stdlib before it can report, so that a broken environment (an isolated one missing a
+dependency) is reported to the parent with its traceback instead of dying silently.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import time
+import traceback
+
+from mini.local import _framing
+from mini.local._environ import applied
+
+
+def _die_with_parent() -> None:
+    # Linux: if the parent is killed outright, the kernel kills this worker too.
+    if sys.platform != "linux":
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+
+
+def main() -> None:
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    # Ctrl-C reaches the whole foreground process group; the parent decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    try:
+        from mini.serialization import Call, loads, run_call
+    except BaseException:
+        _framing.send(sock, ("failed", traceback.format_exc()))
+        sys.exit(1)
+    _framing.send(sock, ("ready", sys.version_info[:2]))
+    functions: dict[int, object] = {}
+    while (message := _framing.receive(sock)) is not None:
+        key, fn_blob, env, calls = message
+        if fn_blob is not None:
+            if len(functions) > 16:
+                functions.clear()
+            functions[key] = loads(fn_blob)
+        fn = functions[key]
+        started = time.perf_counter()
+        with applied(env):
+            outcomes = [run_call(fn, Call(index, payload)) for index, payload in calls]  # type: ignore[arg-type]
+        elapsed = time.perf_counter() - started
+        _framing.send(sock, ([(o.index, o.ok, o.data) for o in outcomes], elapsed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""Process mode: calls run in worker processes (spawned, never forked), reused across calls and maps.
+
+A worker that dies fails only the call it was running; the pool starts a replacement and the map goes on.
+Tiny calls are batched adaptively so that dispatch overhead does not dominate; a batch whose worker died
+is re-run one call at a time so that only the culprit fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import os
+import pickle
+import signal
+import socket
+import sys
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
+from mini.dispatch import Dispatch
+from mini.errors import CallTimeoutError, WorkerCrashed
+from mini.local import _framing
+from mini.options import Options
+from mini.serialization import Call, Outcome
+
+# A batch of tiny calls should take about this long, so per-message costs stay small next to the work.
+_BATCH_SECONDS = 0.02
+_MAX_BATCH = 512
+_keys = itertools.count(1)
+
+
+class WorkerCommand:
+    """How to start a worker: which interpreter, and what it may import."""
+
+    def __init__(self, python: str | Path = sys.executable, pythonpath: Sequence[str | Path] | None = None):
+        self.python = str(python)
+        self.isolated = pythonpath is not None
+        self.pythonpath = [str(p) for p in pythonpath] if pythonpath is not None else _inherited_path()
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(self.pythonpath)
+        if self.isolated:
+            env["PYTHONNOUSERSITE"] = "1"
+        return env
+
+
+def _inherited_path() -> list[str]:
+    return [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+
+
+class _Worker:
+    def __init__(self, process: asyncio.subprocess.Process, reader: asyncio.StreamReader, writer) -> None:
+        self.process = process
+        self._reader = reader
+        self._writer = writer
+        self.known: set[int] = set()
+
+    @classmethod
+    async def start(cls, command: WorkerCommand) -> _Worker:
+        ours, theirs = socket.socketpair()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                command.python,
+                "-m",
+                "mini.local._worker",
+                str(theirs.fileno()),
+                pass_fds=[theirs.fileno()],
+                env=command.environment(),
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_connection(sock=ours, limit=2**20)
+        worker = cls(process, reader, writer)
+        hello = await worker._receive()
+        if hello is None or hello[0] != "ready":
+            worker.kill()
+            detail = hello[1] if hello else f"{await worker.exit_status()}; its stderr is above"
+            raise WorkerCrashed(
+                f"a worker process could not start with {command.python} ({detail}). "
+                "Check that this interpreter can import mini and cloudpickle."
+            )
+        return worker
+
+    async def exchange(self, message: object) -> tuple[list[tuple[int, bool, bytes]], float] | None:
+        """Send a batch and wait for its reply; None if the worker died first."""
+        try:
+            self._writer.write(_framing.encode(message))
+            await self._writer.drain()
+        except ConnectionError:
+            return None
+        return await self._receive()
+
+    async def _receive(self):
+        try:
+            header = await self._reader.readexactly(_framing.HEADER.size)
+            (size,) = _framing.HEADER.unpack(header)
+            return pickle.loads(await self._reader.readexactly(size))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        self._writer.close()
+
+    async def exit_status(self) -> str:
+        code = await self.process.wait()
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = " (SIGKILL is what the OOM killer sends)" if name == "SIGKILL" else ""
+            return f"killed by {name}{hint}"
+        return f"exit code {code}"
+
+
+class ProcessPool:
+    """Worker processes shared by every map of one `LocalApparatus` and its `.w()` variants."""
+
+    def __init__(self, workers: int, command: WorkerCommand) -> None:
+        self.workers = workers
+        self._command = command
+        self._dispatches: deque[_ProcessDispatch] = deque()
+        self._work = asyncio.Event()
+        self._drivers: list[asyncio.Task[None]] = []
+        self._busy: dict[int, tuple[_Worker, _ProcessDispatch]] = {}
+
+    def wake(self, dispatch: _ProcessDispatch) -> None:
+        if dispatch not in self._dispatches:
+            self._dispatches.append(dispatch)
+        self._work.set()
+        if not self._drivers:
+            self._drivers = [asyncio.create_task(self._drive(slot)) for slot in range(self.workers)]
+
+    async def forget(self, dispatch: _ProcessDispatch) -> None:
+        """Drop a closed map's queued calls and kill the workers running its calls."""
+        with contextlib.suppress(ValueError):
+            self._dispatches.remove(dispatch)
+        killed = [worker for worker, owner in list(self._busy.values()) if owner is dispatch]
+        for worker in killed:
+            worker.kill()
+        await asyncio.gather(*(worker.process.wait() for worker in killed))
+
+    async def _next_batch(self) -> tuple[_ProcessDispatch, list[Call]]:
+        while True:
+            for _ in range(len(self._dispatches)):
+                dispatch = self._dispatches[0]
+                self._dispatches.rotate(-1)
+                batch = dispatch.take_batch()
+                if batch:
+                    return dispatch, batch
+                if not dispatch.has_queued():
+                    self._dispatches.remove(dispatch)
+                    break
+            else:
+                self._work.clear()
+                await self._work.wait()
+
+    async def _drive(self, slot: int) -> None:
+        worker: _Worker | None = None
+        try:
+            while True:
+                dispatch, batch = await self._next_batch()
+                if worker is None:
+                    try:
+                        worker = await _Worker.start(self._command)
+                    except WorkerCrashed as error:
+                        dispatch.fail(batch, error)
+                        continue
+                self._busy[slot] = (worker, dispatch)
+                try:
+                    worker = await dispatch.run_batch(worker, batch)
+                finally:
+                    self._busy.pop(slot, None)
+        finally:
+            if worker is not None:
+                worker.kill()
+
+    async def aclose(self) -> None:
+        drivers, self._drivers = self._drivers, []
+        for task in drivers:
+            task.cancel()
+        await asyncio.gather(*drivers, return_exceptions=True)
+        self._dispatches.clear()
+
+
+class _ProcessDispatch(Dispatch):
+    def __init__(self, pool: ProcessPool, fn_blob: bytes, options: Options) -> None:
+        self._pool = pool
+        self._key = next(_keys)
+        self._fn_blob = fn_blob
+        self._env = dict(options.env) if options.env else None
+        self._timeout = options.timeout
+        self._queue: deque[Call] = deque()
+        self._solo: set[int] = set()  # re-run alone after a batch's worker died
+        self._ready: list[Outcome] = []
+        self._arrived = asyncio.Event()
+        self._seconds_per_call: float | None = None
+        self._running = 0
+        self._closed = False
+
+    def _target_batch(self) -> int:
+        if self._timeout is not None or self._seconds_per_call is None:
+            return 1
+        return max(1, min(int(_BATCH_SECONDS / max(self._seconds_per_call, 1e-7)), _MAX_BATCH))
+
+    def _batch_size(self) -> int:
+        # Leave work for every worker rather than handing one worker the whole queue.
+        return max(1, min(self._target_batch(), math.ceil(len(self._queue) / self._pool.workers)))
+
+    def capacity(self) -> int:
+        return max(4 * self._pool.workers, 3 * self._pool.workers * self._target_batch())
+
+    def running(self) -> int:
+        return self._running
+
+    def has_queued(self) -> bool:
+        return bool(self._queue) and not self._closed
+
+    def submit(self, calls: Sequence[Call]) -> None:
+        self._queue.extend(calls)
+        self._pool.wake(self)
+
+    def take_batch(self) -> list[Call]:
+        if self._closed or not self._queue:
+            return []
+        if self._queue[0].index in self._solo:
+            return [self._queue.popleft()]
+        batch: list[Call] = []
+        for _ in range(self._batch_size()):
+            if not self._queue or self._queue[0].index in self._solo:
+                break
+            batch.append(self._queue.popleft())
+        return batch
+
+    async def run_batch(self, worker: _Worker, batch: list[Call]) -> _Worker | None:
+        """Run `batch` on `worker`; return the worker if it is still usable."""
+        if self._closed:  # closed while the worker was starting
+            return worker
+        first_time = self._key not in worker.known
+        message = (self._key, self._fn_blob if first_time else None, self._env, [(c.index, c.payload) for c in batch])
+        self._running += len(batch)
+        try:
+            if self._timeout is None:
+                reply = await worker.exchange(message)
+            else:
+                try:
+                    reply = await asyncio.wait_for(worker.exchange(message), self._timeout)
+                except asyncio.TimeoutError:
+                    worker.kill()
+                    self._deliver([Outcome(batch[0].index, False, self._timeout_error(batch[0]))])
+                    return None
+        finally:
+            self._running -= len(batch)
+        if reply is None:
+            await self._worker_died(worker, batch)
+            return None
+        worker.known.add(self._key)
+        if self._solo:
+            self._solo.difference_update(call.index for call in batch)
+        results, elapsed = reply
+        per_call = elapsed / len(batch)
+        previous = self._seconds_per_call
+        self._seconds_per_call = per_call if previous is None else 0.7 * previous + 0.3 * per_call
+        self._deliver([Outcome(index, ok, data) for index, ok, data in results])
+        return worker
+
+    async def _worker_died(self, worker: _Worker, batch: list[Call]) -> None:
+        status = await worker.exit_status()
+        worker.kill()
+        if self._closed:
+            return
+        if len(batch) > 1:
+            # We cannot tell which call of the batch killed it: re-run them one at a time.
+            self._solo.update(call.index for call in batch)
+            self._queue.extendleft(reversed(batch))
+            self._pool.wake(self)
+            return
+        call = batch[0]
+        self._solo.discard(call.index)
+        error = WorkerCrashed(
+            f"the worker process running call #{call.index} died ({status}) before returning a result. "
+            "The pool has replaced it; other calls are unaffected."
+        )
+        self._deliver([Outcome(call.index, False, error)])
+
+    def fail(self, batch: list[Call], error: BaseException) -> None:
+        self._deliver([Outcome(call.index, False, error) for call in batch])
+
+    def _timeout_error(self, call: Call) -> CallTimeoutError:
+        return CallTimeoutError(
+            f"call #{call.index} ran over its timeout of {self._timeout:g}s; its worker process was killed."
+        )
+
+    def _deliver(self, outcomes: list[Outcome]) -> None:
+        if self._closed:
+            return
+        self._ready.extend(outcomes)
+        self._arrived.set()
+
+    async def outcomes(self) -> list[Outcome]:
+        while not self._ready:
+            self._arrived.clear()
+            await self._arrived.wait()
+        ready, self._ready = self._ready, []
+        return ready
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.clear()
+        await self._pool.forget(self)
+
+
+def open_process_dispatch(pool: ProcessPool, fn_blob: bytes, options: Options) -> Dispatch:
+    return _ProcessDispatch(pool, fn_blob, options)

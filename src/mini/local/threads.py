@@ -1,0 +1,165 @@
+"""Thread mode: calls run in a pool of threads in this process (debuggable, fast to start).
+
+Python cannot stop a running thread, so a call that times out or whose map is cancelled finishes in the
+background with its result discarded; a replacement thread keeps the pool at full strength meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from queue import SimpleQueue
+from typing import Any
+
+from mini.dispatch import Dispatch
+from mini.errors import CallTimeoutError
+from mini.local._environ import applied
+from mini.options import Options
+from mini.serialization import Call, Outcome, loads, run_call
+
+
+class ThreadPool:
+    """Worker threads shared by every map of one `LocalApparatus` and its `.w()` variants."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self.workers = workers
+        self._name = name
+        self._queue: SimpleQueue[tuple[_ThreadDispatch, Call] | None] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._surplus = 0  # threads to retire once their abandoned call returns
+
+    def put(self, dispatch: _ThreadDispatch, calls: Sequence[Call]) -> None:
+        self._ensure_threads()
+        for call in calls:
+            self._queue.put((dispatch, call))
+
+    def replace_stuck_thread(self) -> None:
+        with self._lock:
+            self._surplus += 1
+            self._start_thread()
+
+    def _ensure_threads(self) -> None:
+        with self._lock:
+            while self._threads - self._surplus < self.workers:
+                self._start_thread()
+
+    def _start_thread(self) -> None:
+        self._threads += 1
+        name = f"mini-{self._name}-{self._threads}"
+        threading.Thread(target=self._work, args=(self._queue,), name=name, daemon=True).start()
+
+    def _work(self, queue: SimpleQueue[tuple[_ThreadDispatch, Call] | None]) -> None:
+        while (item := queue.get()) is not None:
+            dispatch, call = item
+            abandoned = dispatch.execute(call)
+            if abandoned:
+                with self._lock:
+                    if self._surplus and queue is self._queue:
+                        self._surplus -= 1
+                        self._threads -= 1
+                        return
+
+    def close(self) -> None:
+        # Old threads drain a retired queue; the pool restarts on a fresh one if used again.
+        with self._lock:
+            retired, self._queue = self._queue, SimpleQueue()
+            count, self._threads, self._surplus = self._threads, 0, 0
+        for _ in range(count):
+            retired.put(None)
+
+
+class _ThreadDispatch(Dispatch):
+    def __init__(self, pool: ThreadPool, fn: Callable[..., Any], options: Options) -> None:
+        self._pool = pool
+        self._fn = fn
+        self._env = options.env
+        self._timeout = options.timeout
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        self._lock = threading.Lock()
+        self._ready: list[Outcome] = []
+        self._started: dict[int, float] = {}
+        self._abandoned: set[int] = set()
+        self._wake_pending = False
+        self._cancelled = False
+
+    def capacity(self) -> int:
+        return max(4 * self._pool.workers, 16)
+
+    def running(self) -> int:
+        return len(self._started)
+
+    def submit(self, calls: Sequence[Call]) -> None:
+        self._pool.put(self, calls)
+
+    def execute(self, call: Call) -> bool:
+        """Run one call in a worker thread; True if the call had been given up on (timed out)."""
+        with self._lock:
+            if self._cancelled:
+                return False
+            self._started[call.index] = time.monotonic()
+        with applied(self._env):
+            outcome = run_call(self._fn, call)
+        with self._lock:
+            self._started.pop(call.index, None)
+            if call.index in self._abandoned:
+                self._abandoned.discard(call.index)
+                return True
+            if self._cancelled:
+                return False
+            self._ready.append(outcome)
+            if self._wake_pending:
+                return False
+            self._wake_pending = True
+        self._loop.call_soon_threadsafe(self._event.set)
+        return False
+
+    async def outcomes(self) -> list[Outcome]:
+        while True:
+            try:
+                await asyncio.wait_for(self._event.wait(), self._until_next_deadline())
+            except asyncio.TimeoutError:
+                pass
+            with self._lock:
+                self._expire_overdue()
+                ready, self._ready = self._ready, []
+                self._wake_pending = False
+                self._event.clear()
+            if ready:
+                return ready
+
+    def _until_next_deadline(self) -> float | None:
+        if self._timeout is None:
+            return None
+        with self._lock:
+            if not self._started:
+                return None
+            earliest = min(self._started.values())
+        return max(earliest + self._timeout - time.monotonic(), 0)
+
+    def _expire_overdue(self) -> None:
+        if self._timeout is None:
+            return
+        now = time.monotonic()
+        for index, started in list(self._started.items()):
+            if now - started >= self._timeout:
+                del self._started[index]
+                self._abandoned.add(index)
+                error = CallTimeoutError(
+                    f"call #{index} ran over its timeout of {self._timeout:g}s. In thread mode it keeps "
+                    "running in the background until it returns (threads cannot be stopped); use "
+                    "mode='process' to have it killed."
+                )
+                self._ready.append(Outcome(index, False, error))
+                self._pool.replace_stuck_thread()
+
+    async def aclose(self) -> None:
+        with self._lock:
+            self._cancelled = True
+
+
+def open_thread_dispatch(pool: ThreadPool, fn_blob: bytes, options: Options) -> Dispatch:
+    return _ThreadDispatch(pool, loads(fn_blob), options)

@@ -1,0 +1,188 @@
+"""The serialisation boundary every backend crosses: calls, outcomes, and errors with remote tracebacks.
+
+Functions, arguments and results always go through cloudpickle, even in threads, so that a local run
+behaves like a remote one (a callee's mutation is never seen by the caller).
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import pickle
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from mini.errors import RemoteError, RemoteTraceback, SerializationError
+
+PROTOCOL = 5
+
+
+@dataclass(slots=True)
+class Call:
+    """One invocation: its position in the map and its pickled `(args, kwargs)`."""
+
+    index: int
+    payload: bytes
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of a call: `ok` with a pickled result, or not `ok` with a pickled or local error."""
+
+    index: int
+    ok: bool
+    data: bytes | BaseException
+
+
+def dumps(obj: Any) -> bytes:
+    return cloudpickle.dumps(obj, protocol=PROTOCOL)
+
+
+def dump_result(obj: Any) -> bytes:
+    # Plain pickle is several times faster for ordinary data, and it refuses (rather than mis-pickles)
+    # what it cannot find by reference, such as a class unpickled by value; cloudpickle handles those.
+    try:
+        return pickle.dumps(obj, protocol=PROTOCOL)
+    except Exception:
+        return dumps(obj)
+
+
+loads = pickle.loads
+
+
+class ArgumentEncoder:
+    """Pickles `(args, kwargs)` for many calls to one function, naming the argument that fails.
+
+    One pickler is reused across calls: building a cloudpickle pickler costs more than pickling a small
+    tuple, and maps of tiny calls are common.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self._fn = fn
+        self._buffer = io.BytesIO()
+        self._pickler = cloudpickle.Pickler(self._buffer, protocol=PROTOCOL)
+
+    def encode(self, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        buffer = self._buffer
+        buffer.seek(0)
+        buffer.truncate()
+        self._pickler.clear_memo()
+        try:
+            self._pickler.dump((args, kwargs))
+        except Exception as exc:  # pickling raises many types: find the culprit and say which it is
+            self._pickler = cloudpickle.Pickler(buffer, protocol=PROTOCOL)
+            raise _unpicklable_argument(self._fn, index, args, kwargs, exc) from exc
+        return Call(index, buffer.getvalue())
+
+
+def _unpicklable_argument(
+    fn: Callable[..., Any], index: int, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
+) -> SerializationError:
+    names = _parameter_names(fn, len(args))
+    for label, value in _labelled(args, kwargs, names):
+        try:
+            dumps(value)
+        except Exception as inner:
+            return SerializationError(
+                f"{label} of call #{index} to {_qualname(fn)} cannot be pickled "
+                f"({type(value).__name__}: {inner}). Arguments cross a process or network boundary; "
+                "pass something picklable instead (e.g. a path or a config, and open the resource inside "
+                "the function)."
+            )
+    return SerializationError(f"the arguments of call #{index} to {_qualname(fn)} cannot be pickled: {exc}")
+
+
+def _labelled(
+    args: tuple[Any, ...], kwargs: dict[str, Any], names: list[str | None]
+) -> Iterator[tuple[str, Any]]:
+    for position, value in enumerate(args):
+        name = names[position]
+        yield (f"argument {name!r} (position {position})" if name else f"argument {position}"), value
+    for key, value in kwargs.items():
+        yield f"keyword argument {key!r}", value
+
+
+def _parameter_names(fn: Callable[..., Any], count: int) -> list[str | None]:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    names: list[str | None] = []
+    for position in range(count):
+        if position < len(params) and params[position].kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            names.append(params[position].name)
+        else:
+            names.append(None)
+    return names
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def dump_function(fn: Callable[..., Any]) -> bytes:
+    """Pickle the function once per map; it is unpickled once per worker."""
+    try:
+        return dumps(fn)
+    except Exception as exc:
+        raise SerializationError(
+            f"the function {_qualname(fn)} cannot be pickled ({exc}). Functions run in another process or "
+            "machine: define it at module level, or make sure everything it closes over is picklable."
+        ) from exc
+
+
+def run_call(fn: Callable[..., Any], call: Call) -> Outcome:
+    """Run one call where the work happens (a thread, a worker process, a container)."""
+    try:
+        args, kwargs = loads(call.payload)
+        result = fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit from user code is a failed call, not our exit
+        return Outcome(call.index, False, encode_error(exc))
+    try:
+        return Outcome(call.index, True, dump_result(result))
+    except Exception as exc:
+        error = SerializationError(
+            f"the result of call #{call.index} ({type(result).__name__}) cannot be pickled: {exc}. "
+            "Return plain data (numbers, lists, dicts, arrays) instead."
+        )
+        return Outcome(call.index, False, encode_error(error))
+
+
+def encode_error(exc: BaseException) -> bytes:
+    """Pickle an exception with its traceback text; fall back to a `RemoteError` that keeps the type name."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        blob = dumps(exc)
+        loads(blob)  # some exceptions pickle but cannot be rebuilt (required __init__ arguments)
+    except Exception:
+        blob = dumps(RemoteError(type(exc).__qualname__, str(exc)))
+    return dumps((blob, text))
+
+
+def decode_error(data: bytes | BaseException) -> BaseException:
+    """Rebuild the exception a call raised, with the remote traceback attached as its cause."""
+    if isinstance(data, BaseException):
+        return data
+    blob, text = loads(data)
+    try:
+        exc = loads(blob)
+    except Exception as rebuild_error:  # the type exists remotely but not here
+        exc = RemoteError("unknown", f"an exception that cannot be rebuilt here ({rebuild_error})")
+    exc.__cause__ = RemoteTraceback(text)
+    return exc
+
+
+def decode_result(outcome: Outcome) -> Any:
+    if outcome.ok:
+        assert isinstance(outcome.data, bytes)
+        return loads(outcome.data)
+    raise decode_error(outcome.data)

@@ -1,0 +1,109 @@
+"""Functions the behaviour suite maps. They are pickled by value (see conftest), as user code from a
+script or notebook would be, so they run wherever a backend runs calls."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(x: int, y: int, *, bias: int = 0) -> int:
+    return x + y + bias
+
+
+def append_and_return(items: list[int]) -> list[int]:
+    items.append(99)
+    return items
+
+
+def fail_on(x: int, bad: int) -> int:
+    if x == bad:
+        raise ValueError(f"bad input {x}")
+    return x
+
+
+def crash_on(x: int, bad: int) -> int:
+    if x == bad:
+        os._exit(13)
+    return x
+
+
+def read_env(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def wait_for(path: str, limit: float = 60.0) -> bool:
+    """Block until `path` exists (another call creates it); a barrier between calls, bounded by `limit`."""
+    deadline = time.monotonic() + limit
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.005)
+    return True
+
+
+def first_waits_for_second(x: int, folder: str) -> int:
+    """Call 0 cannot finish before call 1 has: forces completion order [1, 0]."""
+    if x == 0:
+        wait_for(os.path.join(folder, "second-done"))
+    else:
+        Path(folder, "second-done").touch()
+    return x
+
+
+def mark_and_block(x: int, folder: str) -> int:
+    """Record that call x started (with the pid running it), then block until released."""
+    Path(folder, f"started-{x}").write_text(str(os.getpid()))
+    wait_for(os.path.join(folder, "release"))
+    Path(folder, f"finished-{x}").touch()
+    return x
+
+
+def mark(x: int, folder: str) -> int:
+    Path(folder, f"started-{x}").touch()
+    return x
+
+
+def flaky(x: int, folder: str, failures: int) -> int:
+    """Fails the first `failures` attempts of each input, counted in files."""
+    counter = Path(folder, f"attempts-{x}")
+    attempts = int(counter.read_text()) if counter.exists() else 0
+    counter.write_text(str(attempts + 1))
+    if attempts < failures:
+        raise RuntimeError(f"attempt {attempts + 1} of input {x} fails")
+    return x
+
+
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+class NeedsTwoArgs(Exception):
+    """An exception whose constructor pickle cannot replay."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a}-{b}")
+
+
+def raise_needs_two_args() -> None:
+    raise NeedsTwoArgs("x", "y")
+
+
+def quick_or_block(x: int, folder: str) -> int:
+    """Input 0 returns at once; the others record their start and block until released."""
+    if x == 0:
+        return x
+    return mark_and_block(x, folder)
+
+
+def zero_blocks(x: int, folder: str) -> int:
+    """Input 0 blocks until released; the others return at once."""
+    if x == 0:
+        wait_for(os.path.join(folder, "release"))
+    return x

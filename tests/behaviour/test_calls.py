@@ -1,0 +1,89 @@
+"""run / map / starmap and their async twins: the same semantics on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from tests.behaviour import calls
+
+
+def test_run_returns_the_result_and_passes_keywords(app):
+    assert app.run(calls.square, 7) == 49
+    assert app.run(calls.add, 1, 2, bias=10) == 13
+
+
+def test_arun(app):
+    assert asyncio.run(app.arun(calls.add, 2, 3)) == 5
+
+
+def test_map_zips_like_builtin_map_and_stops_at_the_shortest(app):
+    assert list(app.map(calls.add, [1, 2, 3], [10, 20])) == [11, 22]
+    assert list(app.map(calls.add, range(3), range(3), kwargs={"bias": 100})) == [100, 102, 104]
+
+
+def test_map_of_nothing_is_empty(app):
+    assert list(app.map(calls.square, [])) == []
+
+
+def test_map_needs_an_iterable(app):
+    with pytest.raises(TypeError, match="at least one iterable"):
+        app.map(calls.square)
+
+
+def test_starmap_spreads_tuples(app):
+    assert list(app.starmap(calls.add, [(1, 2), (3, 4)], kwargs={"bias": 1})) == [4, 8]
+
+
+def test_amap_and_astarmap(app):
+    async def collect():
+        mapped = [x async for x in app.amap(calls.square, range(5))]
+        starred = [x async for x in app.astarmap(calls.add, [(1, 1), (2, 2)])]
+        return mapped, starred
+
+    assert asyncio.run(collect()) == ([0, 1, 4, 9, 16], [2, 4])
+
+
+def test_results_come_in_input_order_by_default(app, tmp_path):
+    assert list(app.map(calls.first_waits_for_second, [0, 1], [str(tmp_path)] * 2)) == [0, 1]
+
+
+def test_unordered_map_yields_in_completion_order(app, tmp_path):
+    results = app.map(calls.zero_blocks, [0, 1], [str(tmp_path)] * 2, order_outputs=False)
+    assert next(results) == 1  # call 0 is still blocked, so only call 1 can have completed
+    (tmp_path / "release").touch()
+    assert list(results) == [0]
+
+
+def test_inputs_are_consumed_lazily(app):
+    pulled = itertools.count()
+
+    def endless():
+        for i in itertools.count():
+            next(pulled)
+            yield i
+
+    results = app.map(calls.square, endless())
+    first = [next(results) for _ in range(5)]
+    results.close()
+    assert first == [0, 1, 4, 9, 16]
+    assert next(pulled) < 5000  # bounded in flight: an endless generator is not materialised
+
+
+def test_many_trivial_calls(app):
+    assert sum(app.map(calls.square, range(3000))) == sum(i * i for i in range(3000))
+
+
+def test_calls_from_inside_a_running_event_loop(app):
+    async def notebook_cell():
+        return app.run(calls.square, 6), list(app.map(calls.square, [1, 2]))
+
+    assert asyncio.run(notebook_cell()) == (36, [1, 4])
+
+
+def test_run_accepts_lambdas_and_closures(app):
+    offset = 5
+    assert app.run(lambda x: x + offset, 1) == 6
+    assert list(app.map(lambda x: x * offset, [1, 2])) == [5, 10]

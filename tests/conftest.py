@@ -1,0 +1,35 @@
+"""Shared fixtures. The behaviour suite's `app` fixture is parametrised over every backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import cloudpickle
+import pytest
+
+import tests.behaviour.calls
+from mini import Apparatus, LocalApparatus
+
+# User code in a script or notebook is pickled by value; make the suite's helpers behave the same so
+# that they run where only the shipped sources are importable (isolated workers, Modal containers).
+cloudpickle.register_pickle_by_value(tests.behaviour.calls)
+
+BACKENDS = ["thread", "process"]
+
+
+def make_local(mode: str) -> Apparatus:
+    return LocalApparatus(f"suite-{mode}", workers=2, mode=mode)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def app(backend: str) -> Iterator[Apparatus]:
+    apparatus = make_local(backend)
+    try:
+        yield apparatus
+    finally:
+        apparatus.close()
