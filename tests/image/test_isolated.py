@@ -29,7 +29,7 @@ def test_isolated_python_imports_shipped_code_and_pins_but_nothing_else(
 
     python, sources = prepare_isolated(root)
     assert python.is_relative_to(tmp_path / "cache" / "mini" / "envs")
-    assert sorted(path.name for path in sources.iterdir()) == ["app"]
+    assert sorted(path.name for path in sources.iterdir()) == ["app", "mini"]
     assert prepare_isolated(root) == (python, sources)
 
     def attempt(module: str) -> subprocess.CompletedProcess[str]:

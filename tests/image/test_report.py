@@ -35,7 +35,7 @@ def test_json_has_exactly_the_documented_keys(project: Path, capsys: pytest.Capt
     second = json.loads(capsys.readouterr().out)
     assert set(first) == {"python_version", "requirements", "packages", "image_hash", "source_hash", "cached"}
     assert [line.split("==")[0] for line in first["requirements"]] == ["six"]
-    assert first["packages"] == ["app", "tool"]
+    assert first["packages"] == ["app", "tool", "mini"]
     assert (first["cached"], second["cached"]) == (False, True)
     assert first["image_hash"] == second["image_hash"] == derive_image_spec().image_hash
 
@@ -44,7 +44,7 @@ def test_summary_counts_pins_and_full_lists_them(project: Path, capsys: pytest.C
     assert mini_image() == 0
     summary = capsys.readouterr().out
     assert "Pins         1 (exported from uv.lock)" in summary
-    assert "Packages     app, tool (2 files" in summary
+    assert "Packages     app, tool, mini (" in summary
     assert "six==" not in summary
     assert mini_image("--full", "--group", "dev") == 0
     full = capsys.readouterr().out

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import mini
 from mini.image import (
     LockfileError,
     ProjectNotFoundError,
@@ -44,7 +45,8 @@ def test_real_export_has_project_and_cuda_pins_but_not_dev_or_local(project: Pat
     assert pinned_names(spec) == ["idna", "six"]
     assert spec.python_version == f"{sys.version_info.major}.{sys.version_info.minor}"
     assert spec.base_image == "debian_slim"
-    assert [package.name for package in spec.packages] == ["app"]
+    assert [package.name for package in spec.packages] == ["app", "mini"]
+    assert spec.packages[1].path == Path(mini.__file__).parent
     assert spec.cached is False
     assert pinned_names(derive_image_spec(project, groups=["dev"])) == ["iniconfig", "six"]
 

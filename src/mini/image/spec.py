@@ -14,9 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mini
 from mini.image.cache import export_key, load_export, store_export
 from mini.image.project import find_project_root, read_pyproject
-from mini.image.requirements import DEFAULT_EXCLUDED_GROUPS, export_requirements, select_groups
+from mini.image.requirements import (
+    DEFAULT_EXCLUDED_GROUPS,
+    export_requirements,
+    requirement_name,
+    select_groups,
+)
 from mini.image.sources import Package, discover_packages, hash_files, source_hash
 
 BASE_IMAGE = "debian_slim"
@@ -99,7 +105,7 @@ def derive_image_spec(
     root = project_root.resolve() if project_root is not None else find_project_root()
     pyproject = read_pyproject(root)
     chosen = select_groups(pyproject, groups, exclude_groups)
-    packages = discover_packages(root, pyproject)
+    packages = _with_mini(discover_packages(root, pyproject))
     key = export_key(root, chosen)
     requirements = load_export(root, key) if key is not None else None
     cached = requirements is not None
@@ -107,6 +113,8 @@ def derive_image_spec(
         requirements = export_requirements(root, chosen)
         if key is not None:
             store_export(root, key, requirements)
+    # The shipped copy of mini supersedes a pinned one, so client and container run the same mini.
+    requirements = tuple(line for line in requirements if requirement_name(line) != "mini")
     python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
     files = hash_files(packages)
     return ImageSpec(
@@ -132,6 +140,13 @@ def image_hash(
     """
     payload = json.dumps([python_version, base_image, sorted(requirements), list(extra_commands)])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _with_mini(packages: tuple[Package, ...]) -> tuple[Package, ...]:
+    # The remote entry point imports mini; a project that uses mini without vendoring it ships this copy.
+    if any(package.name == "mini" for package in packages):
+        return packages
+    return (*packages, Package("mini", Path(mini.__file__).parent))
 
 
 def _relative(path: Path, root: Path) -> str:
