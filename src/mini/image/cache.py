@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from mini.image.errors import LockfileError
+
 
 def state_dir(project_root: Path) -> Path:
     """The project's `.mini/` folder, created on first use; it ignores itself in git (own `.gitignore`).
@@ -30,8 +32,8 @@ def state_dir(project_root: Path) -> Path:
     return folder
 
 
-def export_key(project_root: Path, groups: Sequence[str]) -> str | None:
-    """A digest of `pyproject.toml`, `uv.lock` and the chosen groups; None when there is no `uv.lock`.
+def export_key(project_root: Path, groups: Sequence[str]) -> str:
+    """A digest of `pyproject.toml`, `uv.lock` and the chosen groups; `LockfileError` without `uv.lock`.
 
     export_key(root, ("cuda",))  # "5d41402abc4b2a76..."
     """
@@ -40,7 +42,9 @@ def export_key(project_root: Path, groups: Sequence[str]) -> str | None:
         try:
             content = (project_root / name).read_bytes()
         except FileNotFoundError:
-            return None
+            if name == "uv.lock":
+                raise LockfileError.missing(project_root) from None
+            raise
         digest.update(f"{name}\0{len(content)}\0".encode())
         digest.update(content)
     digest.update(json.dumps(list(groups)).encode())

@@ -10,6 +10,8 @@ Each says what was wrong and what to do about it; catch `ImageSpecError` to hand
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class ImageSpecError(Exception):
     """Base class: the project or the machine cannot yield an image spec."""
@@ -21,6 +23,11 @@ class ProjectNotFoundError(ImageSpecError):
 
 class LockfileError(ImageSpecError):
     """`uv.lock` is missing or no longer matches `pyproject.toml`."""
+
+    @classmethod
+    def missing(cls, project_root: Path) -> LockfileError:
+        """The error for a project without `uv.lock`."""
+        return cls(f"no uv.lock in {project_root}: the image is built from locked pins. Run `uv lock`.")
 
 
 class UvNotFoundError(ImageSpecError):

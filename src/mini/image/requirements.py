@@ -48,9 +48,7 @@ def export_requirements(project_root: Path, groups: Sequence[str]) -> tuple[str,
     export_requirements(root, ("cuda",))  # ("cloudpickle==3.1.2", ...)
     """
     if not (project_root / "uv.lock").is_file():
-        raise LockfileError(
-            f"no uv.lock in {project_root}: the image is built from locked pins. Run `uv lock`."
-        )
+        raise LockfileError.missing(project_root)
     args = ["export", "--locked", "--offline", "--format", "requirements.txt", "--no-hashes"]
     args += ["--no-emit-project", "--no-header", "--no-annotate", "--no-default-groups"]
     for group in groups:

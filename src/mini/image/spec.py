@@ -107,12 +107,11 @@ def derive_image_spec(
     chosen = select_groups(pyproject, groups, exclude_groups)
     packages = _with_mini(discover_packages(root, pyproject))
     key = export_key(root, chosen)
-    requirements = load_export(root, key) if key is not None else None
+    requirements = load_export(root, key)
     cached = requirements is not None
     if requirements is None:
         requirements = export_requirements(root, chosen)
-        if key is not None:
-            store_export(root, key, requirements)
+        store_export(root, key, requirements)
     # The shipped copy of mini supersedes a pinned one, so client and container run the same mini.
     requirements = tuple(line for line in requirements if requirement_name(line) != "mini")
     python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
