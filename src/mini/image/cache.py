@@ -19,6 +19,9 @@ from typing import Any
 
 from mini.image.errors import LockfileError
 
+# Part of every key: bump it when the stored lines' format or parsing changes, so old entries are ignored.
+_EXPORT_FORMAT = b"mini-export-1"
+
 
 def state_dir(project_root: Path) -> Path:
     """The project's `.mini/` folder, created on first use; it ignores itself in git (own `.gitignore`).
@@ -37,7 +40,7 @@ def export_key(project_root: Path, groups: Sequence[str]) -> str:
 
     export_key(root, ("cuda",))  # "5d41402abc4b2a76..."
     """
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(_EXPORT_FORMAT)
     for name in ("pyproject.toml", "uv.lock"):
         try:
             content = (project_root / name).read_bytes()

@@ -16,8 +16,8 @@ from mini.image.uv_command import run_uv
 
 DEFAULT_EXCLUDED_GROUPS = ("dev", "local")
 
-# `torch==2.5.1+cpu`: the label names a build from a special index; the image installs from PyPI.
 _REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+# `torch==2.5.1+cpu`: the label names a build from a special index; the image installs from PyPI.
 _LOCAL_VERSION_LABEL = re.compile(r"^([^;]*?==\s*[^\s;+]+)\+[^\s;]+")
 
 
