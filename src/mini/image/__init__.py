@@ -14,8 +14,7 @@ from mini.image.errors import (
     UvCommandError,
     UvNotFoundError,
 )
-from mini.image.isolated import prepare_isolated
-from mini.image.materialise import Environment, materialise_environment, materialise_sources
+from mini.image.materialise import Environment, materialise_environment, materialise_sources, prepare_isolated
 from mini.image.sources import Package
 from mini.image.spec import ImageSpec, derive_image_spec
 

@@ -3,6 +3,8 @@
 env = materialise_environment("3.11", ["six==1.16.0"])
 sources = materialise_sources([Path("src/mini")], Path("/tmp/shipped"))
 subprocess.run([env.python, "-c", "import mini"], env={"PYTHONPATH": str(sources)})
+
+python, sources = prepare_isolated()    # both at once, for the project's spec (isolated local mode)
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mini.image.cache import exclusive_lock
+from mini.image.cache import exclusive_lock, state_dir
 from mini.image.requirements import requirement_name
 from mini.image.sources import shipped_files
+from mini.image.spec import derive_image_spec
 from mini.image.uv_command import run_uv
 
 # Wheels that only make sense next to an NVIDIA driver: CUDA runtime libraries and CUDA backends of
 # array libraries. Installing them on a CPU-only machine costs gigabytes and gains nothing.
 _GPU_ONLY_NAME = re.compile(r"^(nvidia-.+|jax-cuda.+|cupy-cuda.+|.+-cu1[0-9])$")
+# Older source snapshots may still serve workers started before an edit; keep a few, drop the rest.
+_KEPT_SOURCE_SNAPSHOTS = 8
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,26 @@ def materialise_sources(package_dirs: Sequence[Path], dest: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return dest
+
+
+def prepare_isolated(project_root: Path | None = None) -> tuple[Path, Path]:
+    """Return (interpreter of the spec's environment, folder holding only the shipped sources).
+
+    Both are cached: the environment by its pins, the folder by the source hash.
+
+        python, sources = prepare_isolated()
+    """
+    spec = derive_image_spec(project_root)
+    environment = materialise_environment(spec.python_version, spec.requirements)
+    snapshots = state_dir(spec.project_root) / "sources"
+    snapshots.mkdir(exist_ok=True)
+    sources = snapshots / spec.source_hash
+    if not sources.is_dir():
+        with exclusive_lock(snapshots / f".{spec.source_hash}.lock"):
+            if not sources.is_dir():
+                materialise_sources([package.path for package in spec.packages], sources)
+                _prune(snapshots, keep=sources)
+    return environment.python, sources
 
 
 def split_gpu_only(requirements: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -162,3 +187,17 @@ def _build(python_version: str, requirements: Sequence[str], root: Path) -> None
         (staging / "venv").rename(root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _prune(snapshots: Path, keep: Path) -> None:
+    others = sorted(
+        (
+            folder
+            for folder in snapshots.iterdir()
+            if folder.is_dir() and folder != keep and not folder.name.startswith(".")
+        ),
+        key=lambda folder: folder.stat().st_mtime,
+        reverse=True,
+    )
+    for stale in others[_KEPT_SOURCE_SNAPSHOTS - 1 :]:
+        shutil.rmtree(stale, ignore_errors=True)
