@@ -1,0 +1,29 @@
+"""Run the emulator until interrupted, for a CLI or a benchmark in another process.
+
+python -m tests.emulator --port 50051
+# then, in another shell: export the printed variables and run modal code
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shlex
+import threading
+
+from tests.emulator.server import run_emulator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.emulator", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    args = parser.parse_args()
+    with run_emulator(port=args.port) as emulator:
+        for name, value in emulator.client_variables().items():
+            print(f"export {name}={shlex.quote(value)}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

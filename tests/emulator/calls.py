@@ -1,0 +1,104 @@
+"""Function calls as the control plane keeps them: inputs in, outputs out, and waiting for outputs.
+
+    call = FunctionCall("fc-1", function_id="fu-1", invocation_type=SYNC)
+    item = call.add_input(idx=0, args=b"...", data_format=api_pb2.DATA_FORMAT_PICKLE)
+    call.add_output(api_pb2.FunctionGetOutputsItem(input_id=item.input_id, idx=0, result=...))
+    outputs, cursor = await call.wait_outputs(after_entry=0, timeout=55)
+
+Outputs are kept in arrival order; their position (1-based) is the entry id modal's cursor
+(`last_entry_id`, written "N-0" like a Redis stream id) points at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+
+from modal_proto import api_pb2
+
+_input_ids = itertools.count(1)
+
+
+@dataclass
+class Input:
+    """One input of a call. `task` runs its attempts; `done` once its final output is recorded."""
+
+    input_id: str
+    idx: int
+    args: bytes
+    data_format: int
+    task: asyncio.Task | None = None
+    done: bool = False
+
+
+@dataclass
+class FunctionCall:
+    function_call_id: str
+    function_id: str
+    invocation_type: int
+    inputs: list[Input] = field(default_factory=list)
+    outputs: list[api_pb2.FunctionGetOutputsItem] = field(default_factory=list)
+    cancelled: bool = False
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add_input(self, idx: int, args: bytes, data_format: int) -> Input:
+        item = Input(input_id=f"in-{next(_input_ids)}", idx=idx, args=args, data_format=data_format)
+        self.inputs.append(item)
+        self._notify()
+        return item
+
+    def add_output(self, item: Input, output: api_pb2.FunctionGetOutputsItem) -> None:
+        if item.done:
+            return
+        item.done = True
+        self.outputs.append(output)
+        self._notify()
+
+    @property
+    def num_unfinished(self) -> int:
+        return sum(1 for item in self.inputs if not item.done)
+
+    async def wait_outputs(
+        self, *, after_entry: int, timeout: float
+    ) -> tuple[list[api_pb2.FunctionGetOutputsItem], int]:
+        """Outputs after cursor `after_entry`, waiting up to `timeout` seconds for at least one."""
+        await self._wait_until(lambda: len(self.outputs) > after_entry, timeout)
+        return self.outputs[after_entry:], len(self.outputs)
+
+    async def wait_indices(
+        self, start: int, end: int, timeout: float
+    ) -> list[api_pb2.FunctionGetOutputsItem]:
+        """Outputs of inputs `start..end` (inclusive), waiting up to `timeout` seconds for at least one."""
+
+        def matching() -> list[api_pb2.FunctionGetOutputsItem]:
+            return [output for output in self.outputs if start <= output.idx <= end]
+
+        await self._wait_until(lambda: bool(matching()), timeout)
+        return matching()
+
+    async def _wait_until(self, condition, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0)
+        while not condition():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+
+def parse_entry_id(entry_id: str) -> int:
+    """The cursor position in an entry id such as "12-0"; empty or malformed ids mean the start."""
+    head = entry_id.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def format_entry_id(position: int) -> str:
+    return f"{position}-0"

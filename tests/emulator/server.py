@@ -1,0 +1,168 @@
+"""Starting and stopping the emulator, and pointing modal clients at it.
+
+    with run_emulator() as emulator, emulator.client_environment():
+        with app.run():
+            square.remote(3)
+    emulator.recorder.rpc_counts["FunctionMap"]
+
+The emulator runs its own event loop in a background thread: a grpclib server on 127.0.0.1 (plain
+HTTP/2, or TLS with the `ssl` context given) plus the HTTP blob store. Calls without the emulator's
+token are refused with UNAUTHENTICATED, which the modal client raises as `modal.exception.AuthError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import ssl
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+
+from grpclib import GRPCError, Status
+from grpclib.events import RecvRequest, listen
+from grpclib.server import Server
+
+from tests.emulator.blobs import BlobStore
+from tests.emulator.recorder import Recorder
+from tests.emulator.servicer import Servicer
+
+TOKEN_ID = "ak-emulator"
+TOKEN_SECRET = "as-emulator"
+# What real Modal answers a token it does not know with (status UNAUTHENTICATED -> AuthError).
+INVALID_TOKEN_MESSAGE = "Token ID or secret is invalid. Run `modal token new` to create a new token."
+
+
+class Emulator:
+    """A running emulator. `url` is what MODAL_SERVER_URL must be; `recorder` holds what it saw."""
+
+    def __init__(self, *, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.recorder = Recorder()
+        self.port = port
+        self._ssl = ssl_context
+        self._workdir = Path(tempfile.mkdtemp(prefix="modal-emulator-"))
+        self._config_path = self._workdir / "modal.toml"
+        self._config_path.write_text("")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._servicer: Servicer | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self._ssl is not None else "http"
+        host = "localhost" if self._ssl is not None else "127.0.0.1"
+        return f"{scheme}://{host}:{self.port}"
+
+    def start(self) -> None:
+        started: Future[None] = Future()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(started),), daemon=True)
+        self._thread.start()
+        started.result(timeout=30)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def client_variables(
+        self, *, token_id: str = TOKEN_ID, token_secret: str = TOKEN_SECRET
+    ) -> dict[str, str]:
+        """The environment variables that point a modal client (in this or another process) here."""
+        return {
+            "MODAL_SERVER_URL": self.url,
+            "MODAL_TOKEN_ID": token_id,
+            "MODAL_TOKEN_SECRET": token_secret,
+            "MODAL_CONFIG_PATH": str(self._config_path),
+        }
+
+    @contextlib.contextmanager
+    def client_environment(self, **tokens: str) -> Iterator[None]:
+        """Set `client_variables()` in os.environ for the block (subprocesses inherit them), then restore.
+
+        modal reads its config file once, at import: the loaded file contents are swapped for the
+        emulator's empty one too, and modal's cached client is dropped so the next call connects here.
+        """
+        import modal.config
+
+        variables = self.client_variables(**tokens)
+        saved = {name: os.environ.get(name) for name in variables}
+        saved_config = (modal.config._user_config, modal.config.user_config_path)
+        os.environ.update(variables)
+        modal.config._user_config, modal.config.user_config_path = {}, str(self._config_path)
+        _drop_cached_client()
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            modal.config._user_config, modal.config.user_config_path = saved_config
+            _drop_cached_client()
+
+    def add_secret(self, name: str, env: dict[str, str]) -> None:
+        """Make `modal.Secret.from_name(name)` resolve to `env` (Modal's named secrets live server-side)."""
+        assert self._loop is not None and self._servicer is not None
+        self._loop.call_soon_threadsafe(self._servicer.add_secret, name, env)
+
+    async def _serve(self, started: Future[None]) -> None:
+        try:
+            self._loop = asyncio.get_running_loop()
+            self._stopped = asyncio.Event()
+            blobs = BlobStore()
+            await blobs.start()
+            self._servicer = Servicer(recorder=self.recorder, blobs=blobs, workdir=self._workdir)
+            server = Server([self._servicer])
+            listen(server, RecvRequest, self._on_request)
+            if self._ssl is not None:
+                self._ssl.set_alpn_protocols(["h2"])
+            await server.start("127.0.0.1", self.port, ssl=self._ssl)
+            self.port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        except BaseException as exc:
+            started.set_exception(exc)
+            raise
+        started.set_result(None)
+        await self._stopped.wait()
+        await self._servicer.shutdown()
+        server.close()
+        await server.wait_closed()
+        await blobs.stop()
+
+    async def _on_request(self, event: RecvRequest) -> None:
+        method = event.method_name.rsplit("/", 1)[-1]
+        self.recorder.count_rpc(method)
+        metadata = event.metadata
+        if (
+            metadata.get("x-modal-token-id") != TOKEN_ID
+            or metadata.get("x-modal-token-secret") != TOKEN_SECRET
+        ):
+            raise GRPCError(Status.UNAUTHENTICATED, INVALID_TOKEN_MESSAGE)
+
+
+def _drop_cached_client() -> None:
+    from modal.client import _Client
+
+    _Client._set_env_client(None)
+
+
+@contextlib.contextmanager
+def run_emulator(*, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> Iterator[Emulator]:
+    """Start an emulator for the block (a free port unless `port` is given; TLS if `ssl_context`).
+
+    with run_emulator() as emulator, emulator.client_environment():
+        ...
+    """
+    emulator = Emulator(port=port, ssl_context=ssl_context)
+    emulator.start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
