@@ -101,6 +101,8 @@ class _ThreadDispatch(Dispatch):
             if self._cancelled:
                 return False
             self._started[call.index] = time.monotonic()
+        if self._timeout is not None:
+            self._loop.call_soon_threadsafe(self._loop.call_later, self._timeout, self._event.set)
         with applied(self._env):
             outcome = run_call(self._fn, call)
         with self._lock:
@@ -119,10 +121,7 @@ class _ThreadDispatch(Dispatch):
 
     async def outcomes(self) -> list[Outcome]:
         while True:
-            try:
-                await asyncio.wait_for(self._event.wait(), self._until_next_deadline())
-            except asyncio.TimeoutError:
-                pass
+            await self._event.wait()
             with self._lock:
                 self._expire_overdue()
                 ready, self._ready = self._ready, []
@@ -130,15 +129,6 @@ class _ThreadDispatch(Dispatch):
                 self._event.clear()
             if ready:
                 return ready
-
-    def _until_next_deadline(self) -> float | None:
-        if self._timeout is None:
-            return None
-        with self._lock:
-            if not self._started:
-                return None
-            earliest = min(self._started.values())
-        return max(earliest + self._timeout - time.monotonic(), 0)
 
     def _expire_overdue(self) -> None:
         if self._timeout is None:

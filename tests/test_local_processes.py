@@ -1,0 +1,81 @@
+"""What only worker processes can do: survive crashes, kill overrunning calls, never outlive the parent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mini import LocalApparatus, WorkerCrashed
+from tests.behaviour import calls
+
+
+@pytest.fixture
+def app():
+    with LocalApparatus("processes", workers=2, mode="process") as apparatus:
+        yield apparatus
+
+
+def test_a_crashed_worker_fails_only_its_call_and_is_replaced(app):
+    out = list(app.map(calls.crash_on, range(6), [3] * 6, return_exceptions=True))
+    assert [x for i, x in enumerate(out) if i != 3] == [0, 1, 2, 4, 5]
+    assert isinstance(out[3], WorkerCrashed) and "exit code 13" in str(out[3])
+    assert list(app.map(calls.square, range(4))) == [0, 1, 4, 9]
+
+
+def test_a_crash_inside_a_batch_of_tiny_calls_fails_only_the_culprit(app):
+    list(app.map(calls.square, range(2000)))  # teaches the pool that calls are tiny, so it batches
+    out = list(app.map(calls.crash_on, range(2000), [1500] * 2000, return_exceptions=True))
+    crashed = [i for i, x in enumerate(out) if isinstance(x, WorkerCrashed)]
+    assert crashed == [1500]
+    assert all(out[i] == i for i in range(2000) if i != 1500)
+
+
+def test_a_timed_out_call_is_killed(app, tmp_path):
+    with pytest.raises(TimeoutError):
+        app.w(timeout=0.3).run(calls.mark_and_block, 1, str(tmp_path))
+    pid = int((tmp_path / "started-1").read_text())
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_workers_do_not_outlive_a_killed_parent(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+        from mini import LocalApparatus
+        from tests.behaviour import calls
+        app = LocalApparatus("orphans", workers=2, mode="process")
+        list(app.map(calls.mark_and_block, [1, 2], [{str(tmp_path)!r}] * 2))
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        while len(list(tmp_path.glob("started-*"))) < 2:
+            assert parent.poll() is None, "the script ended early"
+            os.sched_yield()
+        pids = [int(p.read_text()) for p in tmp_path.glob("started-*")]
+        parent.kill()
+        parent.wait()
+        for pid in pids:
+            _wait_gone(pid)
+    finally:
+        parent.kill()
+        (tmp_path / "release").touch()
+
+
+def _wait_gone(pid: int) -> None:
+    # The kernel delivers the parent-death signal asynchronously; poll /proc (bounded), never sleep blindly.
+    for _ in range(2_000_000):
+        status = Path(f"/proc/{pid}/status")
+        try:
+            if "State:\tZ" in status.read_text():
+                return
+        except FileNotFoundError:
+            return
+        os.sched_yield()
+    raise AssertionError(f"worker {pid} outlived its parent")
