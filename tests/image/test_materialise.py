@@ -13,6 +13,7 @@ import pytest
 from mini.image.errors import UvCommandError, UvNotFoundError
 from mini.image.materialise import (
     environment_key,
+    gpu_available,
     materialise_environment,
     materialise_sources,
     split_gpu_only,
@@ -35,6 +36,18 @@ def test_gpu_only_lines_are_split_out_by_name() -> None:
     kept, dropped = split_gpu_only(lines)
     assert kept == ["jax==0.6.2 ; python_full_version < '3.11'", "numpy==2.1.0", "nvidia==1.0"]
     assert dropped == lines[1:6]
+
+
+@pytest.mark.parametrize(("script", "expected"), [(None, False), ("exit 0", True), ("exit 9", False)])
+def test_gpu_is_detected_by_a_working_nvidia_smi(
+    script: str | None, expected: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if script is not None:
+        fake = tmp_path / "nvidia-smi"
+        fake.write_text(f"#!/bin/sh\n{script}\n")
+        fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert gpu_available() is expected
 
 
 def test_environment_key_ignores_line_order_but_not_versions() -> None:
