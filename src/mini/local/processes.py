@@ -251,6 +251,7 @@ class _ProcessDispatch(Dispatch):
                     reply = await asyncio.wait_for(worker.exchange(message), self._timeout)
                 except asyncio.TimeoutError:
                     worker.kill()
+                    await worker.process.wait()
                     self._deliver([Outcome(batch[0].index, False, self._timeout_error(batch[0]))])
                     return None
         finally:
