@@ -7,6 +7,7 @@ runs on a GPU with `--app modal --gpu A100`.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +61,7 @@ def main(app: Apparatus) -> list[dict[str, Any]]:
     return sweep(app, grid())
 
 
-def plot(results: Sequence[dict[str, Any]], path: str) -> None:
+def plot(results: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> None:
     """Write the loss curve of every result in `results` to a PNG at `path`, one line per config.
 
     Example:
