@@ -16,9 +16,6 @@ from experiment.config import TrainConfig
 if TYPE_CHECKING:
     from mini import Apparatus
 
-# JAX and matplotlib take seconds to import, and the process that builds the sweep needs neither: JAX is
-# imported where `train` runs, matplotlib only when a plot is asked for.
-
 
 def grid(
     learning_rates: Iterable[float] = (1e-3, 1e-2, 1e-1),
@@ -45,6 +42,8 @@ def sweep(app: Apparatus, configs: Iterable[TrainConfig]) -> list[dict[str, Any]
         >>> with LocalApparatus("spirals", workers=2) as app:
         ...     results = sweep(app, grid([1e-2], [8, 16], steps=100))
     """
+    # Imported here rather than at the top: it pulls in JAX, which takes seconds to import, and the process
+    # that only dispatches the sweep (or just plots its results) never needs it.
     from experiment.train import train
 
     return list(app.map(train, configs))
