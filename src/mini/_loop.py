@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -37,8 +38,11 @@ def in_loop_thread() -> bool:
 
 
 class Job(Generic[T]):
-    """A coroutine running on the private loop. Its future resolves only once the coroutine has really
-    finished, so a cancelled job has completed its cleanup (stopping workers) when `cancel_and_wait` returns."""
+    """A coroutine running on the private loop.
+
+    Its future resolves only once the coroutine has really finished, so a cancelled job has completed its
+    cleanup (stopping workers) by the time `cancel_and_wait` returns.
+    """
 
     def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
         self.future: Future[T] = Future()
@@ -103,12 +107,23 @@ async def wrap(coro: Coroutine[Any, Any, T]) -> T:
         raise
 
 
+async def _cancel_everything() -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _shutdown() -> None:
+    # At interpreter exit: let running maps stop their workers, then stop the loop.
     global _loop
     with _lock:
-        if _loop is not None and not _loop.is_closed():
-            _loop.call_soon_threadsafe(_loop.stop)
-        _loop = None
+        running, _loop = _loop, None
+    if running is None or running.is_closed():
+        return
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(_cancel_everything(), running).result(timeout=10)
+    running.call_soon_threadsafe(running.stop)
 
 
 atexit.register(_shutdown)

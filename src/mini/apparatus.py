@@ -69,7 +69,7 @@ class Apparatus(ABC):
         variant._check_options()
         return variant
 
-    def _check_options(self) -> None:
+    def _check_options(self) -> None:  # noqa: B027 - optional hook, most backends accept everything
         """Backend-specific validation of `self.options`; raise `OptionError` for what it cannot accept."""
 
     def __enter__(self) -> Self:
@@ -105,7 +105,9 @@ class Apparatus(ABC):
         ...     print(loss)
         """
         _need_iterables("amap", iterables)
-        async for item in self._iterate_async(fn, zip(*iterables), kwargs, order_outputs, return_exceptions):
+        async for item in self._iterate_async(
+            fn, zip(*iterables, strict=False), kwargs, order_outputs, return_exceptions
+        ):
             yield item
 
     async def astarmap(
@@ -149,7 +151,7 @@ class Apparatus(ABC):
         ...     print(loss)
         """
         _need_iterables("map", iterables)
-        return self._iterate_sync(fn, zip(*iterables), kwargs, order_outputs, return_exceptions)
+        return self._iterate_sync(fn, zip(*iterables, strict=False), kwargs, order_outputs, return_exceptions)
 
     def starmap(
         self,

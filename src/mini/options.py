@@ -89,7 +89,9 @@ def _gpu(name: str, value: Any) -> str | list[str]:
         return value
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
         return list(value)
-    raise OptionError(f"option gpu={value!r} must be a GPU type such as 'A100' or 'H100:2', or a list of them.")
+    raise OptionError(
+        f"option gpu={value!r} must be a GPU type such as 'A100' or 'H100:2', or a list of them."
+    )
 
 
 def _flag(name: str, value: Any) -> bool:

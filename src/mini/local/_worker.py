@@ -6,6 +6,7 @@ dependency) is reported to the parent with its traceback instead of dying silent
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
@@ -30,6 +31,10 @@ def _die_with_parent() -> None:
 
 
 def main() -> None:
+    # `python -m` puts the working directory first on sys.path; workers import only what PYTHONPATH names,
+    # so an isolated worker cannot pick up unshipped modules that happen to sit in the directory.
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
     sock = socket.socket(fileno=int(sys.argv[1]))
     # Ctrl-C reaches the whole foreground process group; the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

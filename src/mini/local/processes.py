@@ -241,7 +241,12 @@ class _ProcessDispatch(Dispatch):
         if self._closed:  # closed while the worker was starting
             return worker
         first_time = self._key not in worker.known
-        message = (self._key, self._fn_blob if first_time else None, self._env, [(c.index, c.payload) for c in batch])
+        message = (
+            self._key,
+            self._fn_blob if first_time else None,
+            self._env,
+            [(c.index, c.payload) for c in batch],
+        )
         self._running += len(batch)
         try:
             if self._timeout is None:

@@ -1,0 +1,79 @@
+"""`mini run EXPERIMENT`: load an experiment (a file or `package.module`) and call its `main(app)`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from mini import backends
+from mini.cli.experiment import ExperimentError, load_experiment
+from mini.cli.output import render_result
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "run",
+        help="run an experiment's main(app) on the chosen backend",
+        description="Load EXPERIMENT (a .py file or an importable package.module), build the apparatus, call "
+        "its main(app) and print what it returns.",
+    )
+    parser.add_argument(
+        "experiment", metavar="EXPERIMENT", help="a .py file or a module such as experiment.sweep"
+    )
+    parser.add_argument(
+        "--app", choices=backends.names(), help="backend (default: $MINI_APP, [tool.mini] app, or local)"
+    )
+    parser.add_argument("--name", help="apparatus name (default: the experiment's module name)")
+    local = parser.add_argument_group("local backend")
+    local.add_argument("--workers", type=int, default=2, help="parallel workers (default: 2)")
+    local.add_argument("--mode", choices=("thread", "process", "isolated"), default="thread")
+    options = parser.add_argument_group("options for every backend")
+    options.add_argument("--timeout", type=float, help="seconds a call may run")
+    options.add_argument("--retries", type=int, help="re-run a failing call up to N times")
+    options.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    remote = parser.add_argument_group("modal backend")
+    remote.add_argument("--gpu", help="GPU type, e.g. A100 or H100:2")
+    remote.add_argument("--max-containers", type=int, help="cap on containers running at once")
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.add_argument("--plot", metavar="PNG", help="call the experiment's plot(result, PNG)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        module = load_experiment(args.experiment)
+    except ExperimentError as error:
+        print(f"mini run: {error}", file=sys.stderr)
+        return 2
+    if args.plot and not callable(getattr(module, "plot", None)):
+        print(
+            f"mini run: {args.experiment} defines no plot(result, path), so --plot cannot be used.",
+            file=sys.stderr,
+        )
+        return 2
+    backend = backends.chosen(args.app)
+    settings: dict[str, Any] = {}
+    if backend == "local":
+        settings = {"workers": args.workers, "mode": args.mode}
+    options = {
+        "timeout": args.timeout,
+        "retries": args.retries,
+        "progress": args.progress,
+        "gpu": args.gpu,
+        "max_containers": args.max_containers,
+    }
+    name = args.name or module.__name__.rsplit(".", 1)[-1].replace("_", "-")
+    with backends.make(backend, name, **settings) as app:
+        app = app.w(**{k: v for k, v in options.items() if v is not None})
+        result = module.main(app)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(render_result(result))
+    if args.plot:
+        module.plot(result, args.plot)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
