@@ -46,12 +46,16 @@ class UnsupportedImageError(ValueError):
     """The image cannot be reproduced as a local Python environment."""
 
 
-def describe_layers(layers: Sequence[Sequence[str]], context_files: Mapping[str, bytes]) -> ImageDescription:
+def describe_layers(
+    layers: Sequence[Sequence[str]], context_files: Mapping[str, bytes], *, added_python: str | None = None
+) -> ImageDescription:
     """Python version (from the base layer), pip pins and ENV of `layers`, given from base to top.
 
-    `context_files` maps context paths (as in `COPY /.0_requirements.txt ...`) to their contents.
+    `context_files` maps context paths (as in `COPY /.0_requirements.txt ...`) to their contents;
+    `added_python` is the series a registry image got through `add_python=` (a standalone build).
+    Raises `UnsupportedImageError` when no layer provides Python.
     """
-    description = ImageDescription(python_version=None)
+    description = ImageDescription(python_version=added_python)
     for index, commands in enumerate(layers):
         copied: dict[str, bytes] = {}
         for command in commands:
@@ -73,9 +77,9 @@ def describe_layers(layers: Sequence[Sequence[str]], context_files: Mapping[str,
                 description.pins.extend(_parse_install_args(install.group(1), copied))
     if description.python_version is None:
         raise UnsupportedImageError(
-            "the emulator can only reproduce images whose base layer is a `python:X.Y` image "
-            "(modal.Image.debian_slim(python_version=...)); got base commands "
-            f"{list(layers[0]) if layers else []}"
+            "this image has no Python, so no function can run in it: use a `python:X.Y` base "
+            "(modal.Image.debian_slim(python_version=...)) or `add_python=` on a registry image; "
+            f"its base layer is {list(layers[0]) if layers else []}"
         )
     return description
 

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import itertools
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from tests.emulator.workers import ContainerPool, ContainerSpec
 
 IMAGE_BUILDER_VERSION = max(version for version in get_args(ImageBuilderVersion) if version != "PREVIEW")
 DEFAULT_MAX_CONTAINERS = 4
+_STANDALONE_PYTHON = re.compile(r"^python-build-standalone\.\w+\.(\d+\.\d+)\.\d+-gnu$")
 _APP_STATE_NAMES = {
     api_pb2.APP_STATE_EPHEMERAL: "ephemeral",
     api_pb2.APP_STATE_DETACHED: "detached",
@@ -73,6 +75,7 @@ class _Image:
     commands: list[str]
     base_id: str
     context_files: dict[str, bytes]
+    context_mount_id: str
     client_version: str
     build: asyncio.Task | None = None
 
@@ -99,6 +102,7 @@ class Servicer(ModalClientBase):
         self._image_records: dict[str, ImageRecord] = {}
         self._files: dict[str, bytes] = {}
         self._mount_files: dict[str, dict[str, str]] = {}
+        self._standalone_pythons: dict[str, str] = {}
         self._functions: dict[str, _Function] = {}
         self._calls: dict[str, FunctionCall] = {}
         self._secrets: dict[str, dict[str, str]] = {}
@@ -158,10 +162,14 @@ class Servicer(ModalClientBase):
         request: api_pb2.AppClientDisconnectRequest = await stream.recv_message()
         app = self._app(request.app_id)
         if app.record.states[-1] != "detached":
-            # An ephemeral app dies with its client: queued and running inputs are stopped.
+            # An ephemeral app dies with its client: its inputs are stopped, its containers go away.
             for call in self._calls.values():
-                if self._functions[call.function_id].record.app_id == request.app_id:
+                if call.function_id in app.function_ids:
                     self._cancel(call)
+            for function_id in app.function_ids:
+                pool = self._functions[function_id].pool
+                if pool is not None:
+                    asyncio.create_task(pool.shutdown())
             app.record.states.append("stopped")
         app.finish()
         await stream.send_message(Empty())
@@ -253,11 +261,15 @@ class Servicer(ModalClientBase):
     async def MountGetOrCreate(self, stream: Stream) -> None:
         request: api_pb2.MountGetOrCreateRequest = await stream.recv_message()
         lookup = request.object_creation_type == api_pb2.OBJECT_CREATION_TYPE_UNSPECIFIED
-        if lookup and request.deployment_name != client_mount_name():
+        standalone = _STANDALONE_PYTHON.match(request.deployment_name)
+        if lookup and request.deployment_name != client_mount_name() and not standalone:
             raise GRPCError(Status.NOT_FOUND, f"Mount '{request.deployment_name}' not found")
-        # The client's own mount (the modal package) is provided by installing modal in every image.
+        # Modal's global mounts (its client library, standalone Pythons) are not files here: the
+        # environment builder installs modal in every image and uses a local interpreter of that series.
         files = {} if lookup else {file.filename: file.sha256_hex for file in request.files}
         mount_id = self._new_id("mo")
+        if lookup and standalone:
+            self._standalone_pythons[mount_id] = standalone.group(1)
         self._mount_files[mount_id] = files
         self.recorder.mounts[mount_id] = MountRecord(
             mount_id=mount_id, name=request.deployment_name, files=dict(files)
@@ -283,6 +295,7 @@ class Servicer(ModalClientBase):
                 commands=list(request.image.dockerfile_commands),
                 base_id=request.image.base_images[0].image_id if request.image.base_images else "",
                 context_files={file.filename: file.data for file in request.image.context_files},
+                context_mount_id=request.image.context_mount_id,
                 client_version=stream.metadata.get("x-modal-client-version", ""),
             )
         image = self._images[image_id]
@@ -331,16 +344,25 @@ class Servicer(ModalClientBase):
             current = self._images[current].base_id
         context_files = {path: data for image in chain for path, data in image.context_files.items()}
         commands = [image.commands for image in chain]
+        added_python = next(
+            (
+                self._standalone_pythons[i.context_mount_id]
+                for i in chain
+                if i.context_mount_id in self._standalone_pythons
+            ),
+            None,
+        )
         try:
-            description = describe_layers(commands, context_files)
+            description = describe_layers(commands, context_files, added_python=added_python)
         except UnsupportedImageError as exc:
             return ImageRecord(image_id, commands, None, [], {}, build_error=str(exc))
         return ImageRecord(image_id, commands, description.python_version, description.pins, description.env)
 
-    async def _build(self, record: ImageRecord, client_version: str) -> Environment:
-        if record.build_error is not None:
-            raise RuntimeError(record.build_error)
-        assert record.python_version is not None
+    async def _build(self, record: ImageRecord, client_version: str) -> Environment | None:
+        # An image without Python (a bare registry image) builds on Modal too; only a container
+        # started from it fails, so that is where the emulator reports `build_error`.
+        if record.python_version is None:
+            return None
         # Real Modal makes its client library available in every container; here it is a pin.
         requirements = [*record.pins, f"modal=={client_version}"]
         environment = await asyncio.to_thread(materialise_environment, record.python_version, requirements)
@@ -569,6 +591,8 @@ class Servicer(ModalClientBase):
         async with function.starting:
             if function.pool is None:
                 environment = await self._start_build(function.definition.image_id)
+                if environment is None:
+                    raise RuntimeError(self._image_records[function.definition.image_id].build_error)
                 function.pool = ContainerPool(
                     spec=self._container_spec(function, environment),
                     max_containers=function.record.max_containers or DEFAULT_MAX_CONTAINERS,
