@@ -14,7 +14,7 @@ from mini import Apparatus, LocalApparatus
 # that they run where only the shipped sources are importable (isolated workers, Modal containers).
 cloudpickle.register_pickle_by_value(tests.behaviour.calls)
 
-BACKENDS = ["thread", "process"]
+BACKENDS = ["thread", "process", "isolated"]
 
 
 def make_local(mode: str) -> Apparatus:

@@ -17,6 +17,13 @@ from mini.local import _framing
 from mini.local._environ import applied
 
 
+class _Unloadable:
+    """A function that could not be unpickled here; every call to it fails with the same error."""
+
+    def __init__(self, error: bytes) -> None:
+        self.error = error
+
+
 def _die_with_parent() -> None:
     # Linux: if the parent is killed outright, the kernel kills this worker too.
     if sys.platform != "linux":
@@ -40,7 +47,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     try:
-        from mini.serialization import Call, loads, run_call
+        from mini.serialization import Call, encode_error, loads, run_call
     except BaseException:
         _framing.send(sock, ("failed", traceback.format_exc()))
         sys.exit(1)
@@ -48,12 +55,18 @@ def main() -> None:
     functions: dict[int, object] = {}
     while (message := _framing.receive(sock)) is not None:
         key, fn_blob, env, calls = message
+        started = time.perf_counter()
         if fn_blob is not None:
             if len(functions) > 16:
                 functions.clear()
-            functions[key] = loads(fn_blob)
+            try:
+                functions[key] = loads(fn_blob)
+            except BaseException as exc:  # e.g. the function's module is not importable here
+                functions[key] = _Unloadable(encode_error(exc))
         fn = functions[key]
-        started = time.perf_counter()
+        if isinstance(fn, _Unloadable):
+            _framing.send(sock, ([(index, False, fn.error) for index, _ in calls], 0.0))
+            continue
         with applied(env):
             outcomes = [run_call(fn, Call(index, payload)) for index, payload in calls]  # type: ignore[arg-type]
         elapsed = time.perf_counter() - started
