@@ -158,9 +158,11 @@ class Recorder:
 
     def function(self, name: str) -> FunctionRecord:
         """The most recently created function called `name`; KeyError naming the known ones otherwise."""
-        matches = [record for record in self.functions.values() if record.name == name]
+        # list() copies in one step, so the emulator thread adding a function cannot break the loop.
+        records = list(self.functions.values())
+        matches = [record for record in records if record.name == name]
         if not matches:
-            known = sorted({record.name for record in self.functions.values()})
+            known = sorted({record.name for record in records})
             raise KeyError(f"no function named {name!r} was created; created: {known}")
         return matches[-1]
 
@@ -178,4 +180,4 @@ class Recorder:
 
     def log_text(self, function_name: str) -> str:
         """Everything the workers of `function_name` printed, stdout and stderr interleaved."""
-        return "".join(line.text for line in self.logs if line.function_name == function_name)
+        return "".join(line.text for line in list(self.logs) if line.function_name == function_name)

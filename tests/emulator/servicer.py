@@ -547,6 +547,8 @@ class Servicer(ModalClientBase):
             args = put.input.args
         item = call.add_input(idx=put.idx, args=args, data_format=put.input.data_format)
         item.task = asyncio.create_task(self._run(function, call, item))
+        # A task cancelled before it first runs never enters `_run`, so its output is recorded here.
+        item.task.add_done_callback(lambda task: _record_cancellation(task, call, item))
         return api_pb2.FunctionPutInputsResponseItem(
             idx=put.idx, input_id=item.input_id, input_jwt=item.input_id
         )
@@ -577,10 +579,6 @@ class Servicer(ModalClientBase):
                 count_attempt=lambda: self.recorder.attempts.update([item.input_id]),
             )
             function.record.peak_running = max(function.record.peak_running, pool.peak_running)
-        except asyncio.CancelledError:
-            output = _failed_output(
-                item, api_pb2.GenericResult.GENERIC_STATUS_TERMINATED, "Input was cancelled"
-            )
         except Exception as exc:  # noqa: BLE001 - any emulator-side failure becomes the input's failure
             output = _failed_output(
                 item, api_pb2.GenericResult.GENERIC_STATUS_FAILURE, f"{type(exc).__name__}: {exc}"
@@ -647,6 +645,12 @@ def _build_result(build: asyncio.Task) -> api_pb2.GenericResult:
         error = "cancelled" if build.cancelled() else str(build.exception())
         return api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE, exception=error)
     return api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS)
+
+
+def _record_cancellation(task: asyncio.Task, call: FunctionCall, item: Input) -> None:
+    if task.cancelled():
+        status = api_pb2.GenericResult.GENERIC_STATUS_TERMINATED
+        call.add_output(item, _failed_output(item, status, "Input was cancelled"))
 
 
 def _failed_output(item: Input, status: Any, message: str) -> api_pb2.FunctionGetOutputsItem:

@@ -10,7 +10,7 @@ import certifi
 import modal
 import pytest
 import trustme
-from modal.exception import AuthError, FunctionTimeoutError, UnimplementedError
+from modal.exception import AuthError, FunctionTimeoutError, NotFoundError, UnimplementedError
 
 from tests.emulator import run_emulator
 
@@ -210,3 +210,28 @@ def test_spawned_outputs_can_be_fetched_again(modal_emulator):
         call = pid.spawn(0)
         first = call.get(timeout=30)
         assert modal.FunctionCall.from_id(call.object_id).get(timeout=30) == first
+
+
+def _read_secret(app: modal.App, name: str, secret: modal.Secret) -> modal.Function:
+    def read_secret() -> str:
+        import os
+
+        return os.environ["EMULATOR_SECRET"]
+
+    return app.function(image=image, serialized=True, secrets=[secret], name=name)(read_secret)
+
+
+def test_named_secret_defined_on_the_emulator(modal_emulator):
+    modal_emulator.add_secret("emulator-named", {"EMULATOR_SECRET": "named value"})
+    app = modal.App("emulator-named-secret")
+    reader = _read_secret(app, "named_reader", modal.Secret.from_name("emulator-named"))
+    with app.run():
+        assert reader.remote() == "named value"
+    assert modal_emulator.recorder.function("named_reader").secrets == ["emulator-named"]
+
+
+def test_missing_named_secret_is_not_found(modal_emulator):
+    app = modal.App("emulator-missing-secret")
+    _read_secret(app, "missing_reader", modal.Secret.from_name("emulator-missing"))
+    with pytest.raises(NotFoundError, match="emulator-missing"), app.run():
+        pass
