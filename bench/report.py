@@ -1,0 +1,195 @@
+"""Judging and writing the results: issue 8's targets as met/missed, `results.json` and `results.md`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+MINI = ("mini thread", "mini process")
+COMPETITORS = ("ThreadPool(2)", "ProcessPool(2)", "joblib loky(2)")
+_COLUMNS = (*MINI, *COMPETITORS, "serial")
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 8's targets, each with the goal, the measured figure, `met`, and the factor against the goal
+    (above 1 means that much better than needed, below 1 that much short of it).
+
+    >>> targets(results)[0]
+    {'target': '(a) process-mode latency vs ProcessPool', 'goal': '≤ 1.2×', 'measured': '3.10×', ...}
+    """
+    rows: list[dict[str, Any]] = []
+    local = results.get("local")
+    if local:
+        latency = local["one_call"]["values"]
+        rows.append(
+            _at_most(
+                "(a) process-mode latency vs ProcessPool", latency, "mini process", "ProcessPool(2)", 1.2
+            )
+        )
+        rows.append(
+            _at_most("(a) thread-mode latency vs ThreadPool", latency, "mini thread", "ThreadPool(2)", 1.5)
+        )
+        throughput = local["map_trivial"]["values"]
+        rows.append(_at_least("(b) process-mode map throughput vs joblib", throughput, "joblib loky(2)", 1.0))
+        rows.append(
+            _at_least("(b) process-mode map throughput vs ProcessPool", throughput, "ProcessPool(2)", 30.0)
+        )
+        speedup = local["gil_bound"]["values"]["mini process"]
+        rows.append(_row("(c) process-mode speedup, 2 workers", "≥ 1.85×", f"{speedup:.2f}×", speedup / 1.85))
+        for key, what in (("array_argument", "argument"), ("array_result", "result")):
+            rate = local[key]["gb_per_s"]["mini process"]
+            size = f"{local[key]['bytes'] / 1e6:g} MB"
+            rows.append(_row(f"(d) process-mode {size} array {what}", "≥ 1 GB/s", f"{rate:.2f} GB/s", rate))
+    closures = results.get("closures")
+    if closures:
+        for mode in MINI:
+            failures = [f"{kind}: {outcome}" for kind, outcome in closures[mode].items() if outcome != "ok"]
+            measured = "; ".join(failures) or "lambda and closure ok"
+            rows.append(
+                {
+                    "target": f"(e) `__main__` lambda and closure, {mode}",
+                    "goal": "work",
+                    "measured": measured,
+                    "met": not failures,
+                    "factor": None,
+                }
+            )
+    memory = results.get("memory")
+    if memory:
+        for mode, figures in memory.items():
+            growth = figures["growth_mb"]
+            rows.append(
+                {
+                    "target": f"memory: {figures['inputs']:,}-input map, {mode} mode",
+                    "goal": "flat peak RSS",
+                    "measured": f"+{growth:.1f} MB after the first {figures['checkpoint']:,}",
+                    "met": figures["flat"],
+                    "factor": None,
+                }
+            )
+    return rows
+
+
+def _at_most(target: str, values: dict[str, float], ours: str, theirs: str, goal: float) -> dict[str, Any]:
+    ratio = values[ours] / values[theirs]
+    return _row(target, f"≤ {goal:g}×", f"{ratio:.2f}×", goal / ratio)
+
+
+def _at_least(target: str, values: dict[str, float], theirs: str, goal: float) -> dict[str, Any]:
+    ratio = values["mini process"] / values[theirs]
+    return _row(target, f"≥ {goal:g}×", f"{ratio:.2f}×", ratio / goal)
+
+
+def _row(target: str, goal: str, measured: str, factor: float) -> dict[str, Any]:
+    return {"target": target, "goal": goal, "measured": measured, "met": factor >= 1.0, "factor": factor}
+
+
+def write(results: dict[str, Any], folder: Path) -> tuple[Path, Path]:
+    """Write `results.json` and `results.md` into `folder`; return their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    as_json = folder / "results.json"
+    as_markdown = folder / "results.md"
+    as_json.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    as_markdown.write_text(markdown(results))
+    return as_json, as_markdown
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as Markdown tables, for humans and the closing note."""
+    meta = results["meta"]
+    lines = [
+        "# mini benchmarks",
+        "",
+        f"{meta['date']}, Python {meta['python']}, {meta['cpus']} CPUs (load average {meta['load_before']} "
+        f"before, {meta['load_after']} after), {meta['seconds']:.0f} s in all"
+        + (", **quick smoke run: figures are meaningless**" if meta["quick"] else "")
+        + ". Medians of interleaved rounds: compare ratios within this run, not absolute times across runs.",
+        "",
+    ]
+    if "local" in results:
+        lines += _local_tables(results["local"], results.get("closures"))
+    if "targets" in results:
+        lines += ["## Issue 8 targets (LocalApparatus, 2 workers)", ""]
+        lines += ["| target | goal | measured | result |", "|---|---|---|---|"]
+        for row in results["targets"]:
+            verdict = "met" if row["met"] else "**missed**"
+            if row["factor"] is not None:
+                verdict += f" ({row['factor']:.2f}× the goal)"
+            lines.append(f"| {row['target']} | {row['goal']} | {row['measured']} | {verdict} |")
+        lines.append("")
+    if "memory" in results:
+        lines += _memory_table(results["memory"])
+    known = {"meta", "local", "closures", "targets", "memory"}
+    for section, figures in results.items():
+        if section not in known:
+            lines += [f"## {section}", ""] + [f"- {key}: {value}" for key, value in figures.items()] + [""]
+    lines += [
+        "dask and ray are not dependencies of this project, so their columns from the issue are left out.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _local_tables(local: dict[str, Any], closures: dict[str, Any] | None) -> list[str]:
+    lines = ["## Local backend, 2 workers each", ""]
+    lines += ["| workload | unit | " + " | ".join(_COLUMNS) + " |", "|---|---|" + "---|" * len(_COLUMNS)]
+    for figures in local.values():
+        cells = [_number(figures["values"].get(name)) for name in _COLUMNS]
+        lines.append(f"| {figures['title']} | {figures['unit']} | " + " | ".join(cells) + " |")
+        if "gb_per_s" in figures:
+            cells = [_number(figures["gb_per_s"].get(name)) for name in _COLUMNS]
+            lines.append("| ↳ as throughput | GB/s | " + " | ".join(cells) + " |")
+    if closures:
+        cells = [
+            ("ok" if set(closures[n].values()) == {"ok"} else "fails") if n in closures else ""
+            for n in _COLUMNS
+        ]
+        lines.append("| e) lambda / closure defined in `__main__` | | " + " | ".join(cells) + " |")
+    serial = local["gil_bound"].get("serial_seconds")
+    lines += [
+        "",
+        f"Serial time of (c): {serial:.2f} s. Serial rows of (d) are the work alone (no transport).",
+        "",
+    ]
+    lines += ["## mini against each competitor (above 1×: mini is better)", ""]
+    lines += [
+        "| workload | mode | " + " | ".join(COMPETITORS) + " |",
+        "|---|---|" + "---|" * len(COMPETITORS),
+    ]
+    for figures in local.values():
+        values = figures["values"]
+        for mode in MINI:
+            cells = [_advantage(values[mode], values[other], figures["better"]) for other in COMPETITORS]
+            lines.append(f"| {figures['title']} | {mode} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _advantage(ours: float, theirs: float, better: str) -> str:
+    factor = theirs / ours if better == "lower" else ours / theirs
+    return f"{factor:.2f}×"
+
+
+def _memory_table(memory: dict[str, Any]) -> list[str]:
+    lines = ["## Memory: map over a generator of small inputs", ""]
+    lines += [
+        "| mode | inputs | peak RSS after checkpoint | peak RSS at the end | growth | items/s | flat |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, f in memory.items():
+        lines.append(
+            f"| {mode} | {f['inputs']:,} | {f['peak_at_checkpoint_mb']:.1f} MB (after {f['checkpoint']:,}) "
+            f"| {f['peak_mb']:.1f} MB | {f['growth_mb']:+.1f} MB | {f['items_per_s']:,.0f} "
+            f"| {'yes' if f['flat'] else '**no**'} |"
+        )
+    return [*lines, "", "Process mode: the parent's RSS, where inputs wait; workers hold one batch each.", ""]
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"

@@ -1,0 +1,46 @@
+"""The benchmark harness runs end to end on tiny sizes and writes results a reader can use (no timings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.__main__ import main
+from bench.report import targets
+
+
+def test_quick_local_run_writes_json_and_markdown(tmp_path: Path) -> None:
+    main(["--quick", "--only", "local", "--out", str(tmp_path)])
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    runners = {"mini thread", "mini process", "ThreadPool(2)", "ProcessPool(2)", "joblib loky(2)"}
+    for key in ("one_call", "map_trivial", "gil_bound", "array_argument", "array_result"):
+        values = results["local"][key]["values"]
+        assert runners <= set(values), key
+        assert all(value > 0 for value in values.values()), key
+    assert {row["target"].split(" ")[0] for row in results["targets"]} == {"(a)", "(b)", "(c)", "(d)"}
+    table = (tmp_path / "results.md").read_text()
+    assert "| a) one call, warm pool | µs |" in table
+    assert "quick smoke run" in table
+
+
+def test_targets_judge_met_and_missed() -> None:
+    local = {
+        "one_call": {
+            "values": {"mini process": 130.0, "ProcessPool(2)": 100.0, "mini thread": 60, "ThreadPool(2)": 50}
+        },
+        "map_trivial": {
+            "values": {"mini process": 600_000.0, "joblib loky(2)": 500_000.0, "ProcessPool(2)": 16_000}
+        },
+        "gil_bound": {"values": {"mini process": 1.9}},
+        "array_argument": {"bytes": 100_000_000, "gb_per_s": {"mini process": 2.0}},
+        "array_result": {"bytes": 100_000_000, "gb_per_s": {"mini process": 0.5}},
+    }
+    verdicts = {row["target"]: (row["met"], round(row["factor"], 2)) for row in targets({"local": local})}
+
+    assert verdicts["(a) process-mode latency vs ProcessPool"] == (False, 0.92)
+    assert verdicts["(a) thread-mode latency vs ThreadPool"] == (True, 1.25)
+    assert verdicts["(b) process-mode map throughput vs joblib"] == (True, 1.2)
+    assert verdicts["(b) process-mode map throughput vs ProcessPool"] == (True, 1.25)
+    assert verdicts["(c) process-mode speedup, 2 workers"] == (True, 1.03)
+    assert verdicts["(d) process-mode 100 MB array result"] == (False, 0.5)
