@@ -313,14 +313,20 @@ class Servicer(ModalClientBase):
         if image is None:
             raise GRPCError(Status.NOT_FOUND, f"Image {request.image_id} not found")
         build = self._start_build(request.image_id)
-        if not build.done():
+        if not build.done() and not request.last_entry_id:
             record = self._image_records[request.image_id]
             line = f"Building a Python {record.python_version} environment with {len(record.pins)} pins\n"
             info = api_pb2.TaskLogs(data=line, file_descriptor=api_pb2.FILE_DESCRIPTOR_INFO)
-            await stream.send_message(api_pb2.ImageJoinStreamingResponse(task_logs=[info]))
-        await asyncio.wait([build])
+            await stream.send_message(api_pb2.ImageJoinStreamingResponse(task_logs=[info], entry_id="1"))
+        done, _ = await asyncio.wait([build], timeout=request.timeout or None)
+        if not done:
+            return  # the client asks again, as with Modal's long builds
+        dropped = self._image_records[request.image_id].dropped
+        note = f"No GPU here: left out GPU-only wheels {', '.join(dropped)}\n"
+        notes = [api_pb2.TaskLogs(data=note, file_descriptor=api_pb2.FILE_DESCRIPTOR_INFO)] if dropped else []
         await stream.send_message(
             api_pb2.ImageJoinStreamingResponse(
+                task_logs=notes,
                 result=_build_result(build),
                 metadata=api_pb2.ImageMetadata(image_builder_version=IMAGE_BUILDER_VERSION),
                 eof=True,
