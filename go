@@ -22,6 +22,7 @@ task_check() {
 }
 task_fmt() { ensure_uv; uv run --frozen ruff format src tests bench; uv run --frozen ruff check --fix src tests bench; }
 task_bench() { ensure_uv; uv sync --frozen --quiet; uv run --frozen --no-sync python -m bench "$@"; }
+task_auth() { ensure_uv; uv sync --frozen --quiet; uv run --frozen --no-sync python -m mini.auth "$@"; }
 task_help() {
   cat <<'HELP'
 ./go install        create .venv with the locked dependencies (dev and local groups, no cuda)
@@ -29,11 +30,13 @@ task_help() {
 ./go check          lint and format check
 ./go fmt            format and autofix
 ./go bench          run the benchmarks; writes bench/results.json and bench/results.md
+./go auth [--check] store the Modal token from MODAL_TOKEN_ID/MODAL_TOKEN_SECRET (else Modal's browser
+                    flow); --check says whether Modal accepts it, or why Modal cannot be reached
 HELP
 }
 
 cmd=${1:-help}; shift || true
 case "$cmd" in
-  install|test|check|fmt|bench|help) "task_$cmd" "$@" ;;
+  install|test|check|fmt|bench|auth|help) "task_$cmd" "$@" ;;
   *) echo "go: unknown task '$cmd'" >&2; task_help >&2; exit 2 ;;
 esac

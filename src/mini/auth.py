@@ -241,7 +241,7 @@ def _tunnel(hops: list[Hop], proxy: str, host: str, port: int, timeout: float) -
     from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
     from python_socks.sync import Proxy
 
-    shown = _without_credentials(proxy)
+    shown = without_password(proxy)
     try:
         sock = Proxy.from_url(proxy).connect(host, port, timeout=timeout)
     except ProxyConnectionError as error:
@@ -296,7 +296,11 @@ def _proxy_for(host: str, use_tls: bool) -> str | None:
     return get_proxy_url(host, use_ssl=use_tls)
 
 
-def _without_credentials(url: str) -> str:
+def without_password(url: str) -> str:
+    """`url` with any user name and password replaced by `***`, fit to print.
+
+    without_password("http://me:pw@proxy:3128")   # 'http://***@proxy:3128'
+    """
     parsed = urllib.parse.urlparse(url)
     if parsed.password is None and parsed.username is None:
         return url
@@ -369,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="check the token Modal would use; store nothing")
     parser.add_argument("--profile", help="Modal profile to store the token in (default: the active one)")
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per step (default: 10)"
+        "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per step (default: %(default)s)"
     )
     args = parser.parse_args(argv)
     if args.check:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 # Each module exposes add_parser(subparsers) and run(args) -> int.
-_VERBS = ("mini.cli.run", "mini.image.report")
+_VERBS = ("mini.cli.run", "mini.cli.runs", "mini.image.report", "mini.cli.doctor")
 
 
 def parser() -> argparse.ArgumentParser:
