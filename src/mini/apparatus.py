@@ -10,13 +10,16 @@ import copy
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from mini import _loop
 from mini.dispatch import Dispatch
 from mini.options import Options
 from mini.progress import Progress
 from mini.serialization import ArgumentEncoder, Outcome, decode_error, dump_function, loads
+
+if TYPE_CHECKING:
+    from mini.runs import Job, Launcher, Run
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -52,6 +55,12 @@ class Apparatus(ABC):
 
     def _retries_handled_by_backend(self) -> bool:
         return False
+
+    def _detached_launcher(self) -> Launcher:
+        """The `mini.runs.Launcher` that starts this backend's detached calls (`spawn`, `spawn_map`)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot launch detached runs; use LocalApparatus or ModalApparatus."
+        )
 
     # ----- options and lifecycle ---------------------------------------------------------------------
 
@@ -167,6 +176,31 @@ class Apparatus(ABC):
         [8, 9]
         """
         return self._iterate_sync(fn, iter(iterable), kwargs, order_outputs, return_exceptions)
+
+    # ----- detached runs -----------------------------------------------------------------------------
+
+    def spawn(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Start one call that outlives this process; returns its handle at once.
+
+        >>> job = app.spawn(train, lr=1e-3)
+        >>> Job.open(job.id).result()        # later, from any process on this checkout
+        """
+        from mini.runs.launch import launch
+
+        return launch(self, fn, [args], kwargs, kind="spawn")[0]
+
+    def spawn_map(
+        self, fn: Callable[..., R], *iterables: Iterable[Any], kwargs: Mapping[str, Any] | None = None
+    ) -> Run[R]:
+        """Start `fn` over the zipped iterables as detached calls, like `map`; returns the run at once.
+
+        >>> run = app.spawn_map(train, [1e-3, 1e-4], kwargs={"steps": 100})
+        >>> Run.open(run.id).results()       # later; `mini status`/`mini results RUN` from a shell
+        """
+        from mini.runs.launch import launch
+
+        _need_iterables("spawn_map", iterables)
+        return launch(self, fn, zip(*iterables, strict=False), kwargs, kind="spawn_map")
 
     # ----- shared machinery --------------------------------------------------------------------------
 

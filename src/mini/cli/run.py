@@ -39,6 +39,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     output = parser.add_argument_group("output")
     output.add_argument("--json", action="store_true", help="print the result as JSON")
     output.add_argument("--plot", metavar="PNG", help="call the experiment's plot(result, PNG)")
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="run main(app) in a background process that outlives this shell; print its run id at once "
+        "(then `mini watch RUN`, `mini results RUN`)",
+    )
     return parser
 
 
@@ -66,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
         "max_containers": args.max_containers,
     }
     name = args.name or module.__name__.rsplit(".", 1)[-1].replace("_", "-")
+    if args.detach:
+        from mini.cli.runs import detach_experiment
+
+        chosen = {k: v for k, v in options.items() if v is not None}
+        return detach_experiment(args.experiment, backend, name, settings, chosen, args.plot)
     with backends.make(backend, name, **settings) as app:
         app = app.w(**{k: v for k, v in options.items() if v is not None})
         result = module.main(app)

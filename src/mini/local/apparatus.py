@@ -6,7 +6,7 @@ import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mini import _loop
 from mini.apparatus import Apparatus
@@ -14,6 +14,9 @@ from mini.dispatch import Dispatch
 from mini.local.processes import ProcessPool, WorkerCommand, open_process_dispatch
 from mini.local.threads import ThreadPool, open_thread_dispatch
 from mini.options import Options
+
+if TYPE_CHECKING:
+    from mini.runs import Launcher
 
 Mode = Literal["thread", "process", "isolated"]
 MODES: tuple[str, ...] = ("thread", "process", "isolated")
@@ -52,6 +55,19 @@ class LocalApparatus(Apparatus):
 
     def close(self) -> None:
         self._pools.close()
+
+    def _detached_launcher(self) -> Launcher:
+        # Detached calls must outlive this process, so each gets its own process whatever the mode;
+        # `isolated` keeps its environment.
+        from mini.runs.local_launcher import LocalLauncher
+
+        command = WorkerCommand(sys.executable)
+        if self.mode == "isolated":
+            from mini.image.materialise import prepare_isolated
+
+            python, sources = prepare_isolated()
+            command = WorkerCommand(Path(python), [sources])
+        return LocalLauncher(command, self.workers, self.options, self.mode)
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, workers={self.workers}, mode={self.mode!r})"

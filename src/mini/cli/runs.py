@@ -1,0 +1,362 @@
+"""`mini ls|status|results|logs|cancel|watch`: questions about detached runs, and `mini run --detach`.
+
+Every verb here reads the run registry of the checkout it is run from. The read-only ones load no backend
+and build nothing: they read files (and, for a remote backend, ask it about the recorded call ids).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mini.runs import Job, Run, RunError
+from mini.runs.state import CallState, count_statuses, run_status
+
+_WATCH_INTERVAL = 0.5  # seconds between looks while watching a run
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    ls = subparsers.add_parser("ls", help="list this checkout's detached runs, newest first")
+    ls.add_argument("--app", help="only runs launched on this backend (local, modal)")
+    ls.add_argument("--limit", type=int, default=20, help="show at most N runs (default: 20)")
+
+    status = subparsers.add_parser("status", help="where a run and each of its calls stand")
+    status.add_argument("run", metavar="RUN", nargs="?", help="a run id or a unique prefix (default: newest)")
+    status.add_argument("--json", action="store_true", help="print the record and states as JSON")
+
+    results = subparsers.add_parser("results", help="the results of a settled run (or of one call)")
+    results.add_argument("run", metavar="RUN", help="a run id, or RUN/INDEX for one call")
+    results.add_argument("call", metavar="CALL", nargs="?", type=int, help="only this call's result")
+    results.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    logs = subparsers.add_parser("logs", help="what a run's calls printed")
+    logs.add_argument("run", metavar="RUN", help="a run id, or RUN/INDEX for one call")
+    logs.add_argument("call", metavar="CALL", nargs="?", type=int, help="only this call's output")
+
+    cancel = subparsers.add_parser("cancel", help="stop a run's calls that have not finished")
+    cancel.add_argument("run", metavar="RUN", help="a run id, or RUN/INDEX for one call")
+
+    watch = subparsers.add_parser(
+        "watch", help="follow a run until it settles; exit code 0 only if every call succeeded"
+    )
+    watch.add_argument("run", metavar="RUN", help="a run id or a unique prefix")
+
+    for parser in (ls, status, results, logs, cancel):
+        parser.set_defaults(handler=run)
+    return watch
+
+
+def run(args: argparse.Namespace) -> int:
+    from mini.image.errors import ProjectNotFoundError
+
+    handler = _HANDLERS[args.verb]
+    try:
+        return handler(args)
+    except (RunError, ProjectNotFoundError) as error:
+        print(f"mini {args.verb}: {error}", file=sys.stderr)
+        return 2
+
+
+# ----- the verbs -------------------------------------------------------------------------------------
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from mini.image.project import find_project_root
+    from mini.runs.registry import list_runs
+
+    root = find_project_root()
+    rows = []
+    for folder in list_runs(root):
+        the_run: Run[Any] = Run(folder)
+        try:
+            record = the_run.record
+        except (RunError, ValueError) as error:
+            rows.append([folder.id, "damaged", "", "", str(error)[:60], ""])
+            continue
+        if args.app and record.backend != args.app:
+            continue
+        states = the_run.states()
+        counts = count_statuses(states)
+        settled = counts["done"] + counts["failed"] + counts["cancelled"]
+        rows.append(
+            [
+                folder.id,
+                run_status(states),
+                f"{settled}/{len(states)}",
+                record.backend,
+                record.function,
+                _ago(record.created),
+            ]
+        )
+        if len(rows) >= args.limit:
+            break
+    if not rows:
+        where = root / ".mini" / "runs"
+        print(f"no runs recorded in {where} yet; start one with app.spawn_map or `mini run --detach`.")
+        return 0
+    print(_table(["RUN", "STATUS", "SETTLED", "APP", "FUNCTION", "LAUNCHED"], rows))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    the_run = _open_run(args.run)
+    record = the_run.record
+    states = the_run.states()
+    if args.json:
+        print(json.dumps(_status_json(the_run, states), indent=1))
+        return 0
+    counts = count_statuses(states)
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+    git = "not a git checkout"
+    if record.git_commit:
+        git = f"git {record.git_commit[:10]}{' (uncommitted changes)' if record.git_dirty else ''}"
+    print(f"run {record.id}: {run_status(states)} ({summary or 'no calls'})")
+    print(f"  {record.kind} of {record.function} on {record.backend}, apparatus {record.apparatus!r}")
+    print(f"  launched {_when(record.created)} from {git}")
+    if record.image_hash:
+        print(f"  image {record.image_hash}")
+    rows = [
+        [
+            str(call.index),
+            state.status,
+            _duration(state),
+            _cut(call.args),
+            call.backend_id or "",
+            state.detail,
+        ]
+        for call, state in zip(record.calls, states, strict=True)
+    ]
+    if rows:
+        print(_table(["#", "STATUS", "TIME", "ARGS", "ID", "DETAIL"], rows, indent="  "))
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    the_run, jobs, single = _select(args.run, args.call)
+    states = [job.state() for job in jobs]
+    waiting = [(job, state) for job, state in zip(jobs, states, strict=True) if not state.settled]
+    if waiting:
+        named = ", ".join(f"{job.id} ({state.status})" for job, state in waiting[:5])
+        more = f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""
+        print(
+            f"mini results: not finished yet: {named}{more}. `mini watch {the_run.id}` waits for it; "
+            f"`mini status {the_run.id}` shows each call.",
+            file=sys.stderr,
+        )
+        return 1
+    values: list[Any] = []
+    failed = False
+    for job in jobs:
+        try:
+            values.append(job.result(timeout=0))
+        except (ModuleNotFoundError, AttributeError) as error:
+            print(
+                f"mini results: the result of {job.id} cannot be loaded here ({error}); load it in Python "
+                f"where that code is importable: Job.open({job.id!r}).result()",
+                file=sys.stderr,
+            )
+            return 2
+        except Exception as exc:
+            failed = True
+            values.append({"error": f"{type(exc).__name__}: {exc}"})
+            cause = getattr(exc.__cause__, "text", "")
+            print(f"{job.id} failed: {type(exc).__name__}: {exc}\n{cause}", file=sys.stderr)
+    result = values[0] if single else values
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        from mini.cli.output import render_result
+
+        print(render_result(result))
+    if failed:
+        print(f"`mini logs {the_run.id} CALL` shows a failed call's output.", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    _, jobs, single = _select(args.run, args.call)
+    for job in jobs:
+        text = job.logs()
+        if not single:
+            print(f"── {job.id} ({job.record.args}) ──")
+        print(text, end="" if text.endswith("\n") or not text else "\n")
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    the_run, jobs, _ = _select(args.run, None)
+    cancelled = sum(job.cancel() for job in jobs)
+    print(f"cancelled {cancelled} of {len(jobs)} calls of run {the_run.id}; the others had already finished.")
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    the_run = _open_run(args.run)
+    interactive = sys.stdout.isatty()
+    last = ""
+    try:
+        while True:
+            states = the_run.states()
+            line = _progress_line(the_run.id, states)
+            if line != last:
+                print(f"\r{line}\x1b[K" if interactive else line, end="" if interactive else "\n", flush=True)
+                last = line
+            if all(state.settled for state in states):
+                break
+            time.sleep(_WATCH_INTERVAL)
+    except KeyboardInterrupt:
+        print(f"\nstopped watching; run {the_run.id} goes on (`mini cancel {the_run.id}` stops it).")
+        return 130
+    if interactive:
+        print()
+    return 0 if all(state.status == "done" for state in states) else 1
+
+
+_HANDLERS = {
+    "ls": _ls,
+    "status": _status,
+    "results": _results,
+    "logs": _logs,
+    "cancel": _cancel,
+    "watch": _watch,
+}
+
+
+# ----- `mini run --detach` ---------------------------------------------------------------------------
+
+
+def run_experiment(
+    target: str,
+    backend: str,
+    name: str,
+    settings: dict[str, Any],
+    options: dict[str, Any],
+    plot: str | None = None,
+) -> Any:
+    """Load an experiment and return its `main(app)`: what a detached `mini run` runs in its own process."""
+    from mini import backends
+    from mini.cli.experiment import load_experiment
+
+    module = load_experiment(target)
+    with backends.make(backend, name, **settings) as app:
+        result = module.main(app.w(**options))
+    if plot:
+        module.plot(result, plot)
+    return result
+
+
+def detach_experiment(
+    target: str,
+    backend: str,
+    name: str,
+    settings: dict[str, Any],
+    options: dict[str, Any],
+    plot: str | None,
+) -> int:
+    """Start `main(app)` in its own process and session, recorded as a run; print the run id at once.
+
+    The experiment's calls then run on `backend` as usual, driven by that process: on the local backend the
+    whole run survives this shell; on Modal the driving process runs on this machine and must stay up.
+    """
+    from mini.local.apparatus import LocalApparatus
+    from mini.runs.launch import launch
+
+    label = f"{target}:main"
+    if Path(target).is_file():
+        target = str(Path(target).resolve())
+    if plot:
+        plot = str(Path(plot).resolve())
+    driver = LocalApparatus(name, workers=1, mode="process")
+    arguments = (target, backend, name, settings, options, plot)
+    the_run = launch(driver, run_experiment, [arguments], None, kind="experiment", label=label)
+    print(the_run.id)
+    print(
+        f"started {label} on {backend} in the background. "
+        f"Follow it with `mini watch {the_run.id}`, then `mini results {the_run.id}`.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+# ----- helpers ---------------------------------------------------------------------------------------
+
+
+def _open_run(run_id: str | None) -> Run[Any]:
+    from mini.image.project import find_project_root
+    from mini.runs.errors import RunNotFound
+    from mini.runs.registry import list_runs
+
+    root = find_project_root()
+    if run_id is None:
+        folders = list_runs(root)
+        if not folders:
+            raise RunNotFound(f"no runs recorded in {root / '.mini' / 'runs'} yet.")
+        return Run(folders[0])
+    return Run.open(run_id.partition("/")[0], root)
+
+
+def _select(run_id: str, call: int | None) -> tuple[Run[Any], list[Job[Any]], bool]:
+    """The run, the calls named (RUN/INDEX, or RUN and CALL, or every call), and whether one was named."""
+    the_run = _open_run(run_id)
+    _, _, index = run_id.partition("/")
+    if index:
+        if not index.isdigit():
+            raise RunError(f"{run_id!r} is not a call id: use RUN/INDEX, e.g. {the_run.id}/0")
+        call = int(index)
+    if call is not None:
+        return the_run, [the_run[call]], True
+    return the_run, list(the_run), len(the_run) == 1
+
+
+def _status_json(the_run: Run[Any], states: list[CallState]) -> dict[str, Any]:
+    record = the_run.record.to_json()
+    for call, state in zip(record["calls"], states, strict=True):
+        call.update(status=state.status, detail=state.detail, started=state.started, finished=state.finished)
+    return {"id": the_run.id, "status": run_status(states), "counts": count_statuses(states), **record}
+
+
+def _progress_line(run_id: str, states: list[CallState]) -> str:
+    counts = count_statuses(states)
+    settled = counts["done"] + counts["failed"] + counts["cancelled"]
+    parts = " · ".join(f"{status} {n}" for status, n in counts.items())
+    return f"{run_id}: {run_status(states)}, {settled}/{len(states)} settled · {parts}"
+
+
+def _table(header: list[str], rows: list[list[str]], indent: str = "") -> str:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in [header, *rows]
+    ]
+    return "\n".join(indent + line.rstrip() for line in lines)
+
+
+def _cut(text: str, width: int = 48) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _duration(state: CallState) -> str:
+    if state.started is None:
+        return ""
+    end = state.finished if state.finished is not None else time.time()
+    return _seconds(end - state.started)
+
+
+def _seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _ago(moment: float) -> str:
+    return f"{_seconds(max(time.time() - moment, 0))} ago"
+
+
+def _when(moment: float) -> str:
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(moment))} ({_ago(moment)})"

@@ -1,0 +1,121 @@
+"""One detached local call: `python -m mini.runs._call RUN_FOLDER INDEX WORKERS TIMEOUT RETRIES`.
+
+It runs as the leader of its own session (so it outlives the launcher and `cancel` can kill its whole
+process group), waits for one of the run's WORKERS slots, runs the call, and stores the outcome in the run
+folder. TIMEOUT is seconds or "-"; a timed-out call is not retried, because the timeout ends its process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from mini.runs.registry import RunFolder
+
+_SLOT_POLL = (0.02, 0.5)  # first and longest wait between tries for a free slot, in seconds
+
+
+def _take_slot(folder: RunFolder, index: int, workers: int) -> IO[str]:
+    """Hold one of the run's `workers` slot locks, the run's bound on calls at once.
+
+    The kernel releases a lock when its holder dies, however it dies, so a killed call frees its slot.
+    """
+    slots = folder.path / "slots"
+    slots.mkdir(exist_ok=True)
+    wait = _SLOT_POLL[0]
+    while True:
+        for offset in range(workers):
+            handle = open(slots / f"{(index + offset) % workers}.lock", "a")  # noqa: SIM115 - held till exit
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return handle
+            except BlockingIOError:
+                handle.close()
+        time.sleep(wait)
+        wait = min(wait * 2, _SLOT_POLL[1])
+
+
+def _run(folder: RunFolder, index: int, timeout: float | None, retries: int) -> int:
+    from mini.errors import CallTimeoutError
+    from mini.serialization import Call, Outcome, decode_error, encode_error, loads, run_call
+
+    try:
+        fn = loads((folder.path / "function.pkl").read_bytes())
+        call = Call(index, (folder.call_dir(index) / "payload.pkl").read_bytes())
+    except Exception as exc:  # e.g. the function's module cannot be imported here
+        folder.store_outcome(index, Outcome(index, False, encode_error(exc)))
+        _report(exc)
+        return 1
+
+    settle = threading.Lock()
+    settled = False
+
+    def time_out() -> None:
+        nonlocal settled
+        with settle:
+            if settled:
+                return
+            settled = True
+            error = CallTimeoutError(
+                f"call #{index} ran over its timeout of {timeout:g}s; its process was killed."
+            )
+            folder.store_outcome(index, Outcome(index, False, encode_error(error)))
+            print(f"mini: {error}", file=sys.stderr, flush=True)
+            os.killpg(os.getpid(), signal.SIGKILL)  # and whatever the call started
+
+    if timeout is not None:
+        timer = threading.Timer(timeout, time_out)
+        timer.daemon = True
+        timer.start()
+    attempts = 0
+    while True:
+        attempts += 1
+        outcome = run_call(fn, call)
+        if outcome.ok:
+            break
+        _report(decode_error(outcome.data))
+        if attempts > retries:
+            break
+    with settle:
+        if settled:
+            return 1
+        settled = True
+        folder.store_outcome(index, outcome, attempts=attempts)
+    return 0 if outcome.ok else 1
+
+
+def _report(exc: BaseException) -> None:
+    """Put a failure's traceback in the call's log, where `mini logs` shows it."""
+    cause = exc.__cause__
+    text = getattr(cause, "text", None) or f"{type(exc).__name__}: {exc}\n"
+    print(text, file=sys.stderr, end="", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    # `python -m` puts the working directory first on sys.path; the call imports what PYTHONPATH names,
+    # exactly as a pooled worker does.
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+    folder, index, workers = RunFolder(Path(argv[0])), int(argv[1]), int(argv[2])
+    timeout = None if argv[3] == "-" else float(argv[3])
+    retries = int(argv[4])
+    slot = _take_slot(folder, index, workers)
+    try:
+        if folder.cancelled_at(index) is not None:  # cancelled while it waited for a slot
+            return 1
+        started = {"started": time.time(), "pid": os.getpid()}
+        folder.write_call_file(index, "started.json", json.dumps(started).encode())
+        return _run(folder, index, timeout, retries)
+    finally:
+        slot.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,92 @@
+"""Recording and starting a detached run; what `Apparatus.spawn` and `spawn_map` do.
+
+The whole run is written down before any call starts (function, every call's arguments, the record), so
+whatever happens to this process afterwards, the registry knows what was asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mini.runs.handles import Run
+from mini.runs.processes import identify
+from mini.runs.provenance import function_name, git_state, summarise_arguments
+from mini.runs.registry import CallRecord, RunRecord, new_run_folder, note_launch
+
+if TYPE_CHECKING:
+    from mini.apparatus import Apparatus
+
+R = TypeVar("R")
+
+
+def launch(
+    apparatus: Apparatus,
+    fn: Callable[..., R],
+    arg_tuples: Iterable[Iterable[Any]],
+    kwargs: Mapping[str, Any] | None,
+    *,
+    kind: str,
+    label: str | None = None,
+    project_root: Path | None = None,
+) -> Run[R]:
+    """Record a run of `fn` over `arg_tuples` and start its calls detached on `apparatus`'s backend.
+
+    >>> run = launch(app, train, [(1e-3,), (1e-4,)], {"steps": 100}, kind="spawn_map")
+
+    `label` replaces the function's name in the record (the CLI records `experiment.sweep:main`, not the
+    wrapper that runs it).
+    """
+    from mini.image.project import find_project_root
+    from mini.serialization import ArgumentEncoder, dump_function
+
+    if not callable(fn):
+        raise TypeError(f"the function to run must be callable, got {type(fn).__name__}")
+    root = (project_root or find_project_root()).resolve()
+    launcher = apparatus._detached_launcher()
+    shared = dict(kwargs or {})
+    fn_blob = dump_function(fn)
+    encoder = ArgumentEncoder(fn)
+    inputs = [tuple(args) for args in arg_tuples]
+    calls = [encoder.encode(index, args, shared) for index, args in enumerate(inputs)]
+    commit, dirty = git_state(root)
+
+    folder = new_run_folder(root)
+    (folder.path / "function.pkl").write_bytes(fn_blob)
+    for call in calls:
+        folder.call_dir(call.index).mkdir()
+        folder.write_call_file(call.index, "payload.pkl", call.payload)
+    record = RunRecord(
+        id=folder.id,
+        kind=kind,
+        backend=launcher.backend,
+        apparatus=apparatus.name,
+        function=label or function_name(fn),
+        monitor=launcher.monitor,
+        created=time.time(),
+        project_root=str(root),
+        image_hash=launcher.image_hash(),
+        git_commit=commit,
+        git_dirty=dirty,
+        calls=tuple(CallRecord(i, summarise_arguments(fn, args, shared)) for i, args in enumerate(inputs)),
+        settings=launcher.settings(),
+        launcher=identify(os.getpid()),
+    )
+    folder.write_record(record)
+    note_launch(folder.id, root)
+    run: Run[R] = Run(folder, record)
+    try:
+        ids = launcher.launch(folder, fn_blob, calls)
+    except BaseException:
+        run.cancel()  # whatever did start is stopped; the record says the run was cancelled
+        raise
+    record = dataclasses.replace(
+        record,
+        calls=tuple(dataclasses.replace(c, backend_id=i) for c, i in zip(record.calls, ids, strict=True)),
+    )
+    folder.write_record(record)
+    return Run(folder, record)

@@ -1,0 +1,284 @@
+"""The run registry: one folder per detached run under the project's `.mini/runs/`.
+
+    .mini/runs/<run id>/run.json                 the record (backend, function, git, calls and their ids)
+    .mini/runs/<run id>/function.pkl             the pickled function, shared by the run's calls
+    .mini/runs/<run id>/calls/<index>/...        per call: payload, outcome, markers, log
+
+Every file is written whole (write-then-rename), so a reader sees the previous version or the next one and
+a crash never leaves half a record. Run ids are claimed with an exclusive `mkdir`, so concurrent launches
+never share a folder. Reading needs no backend, no image and no network.
+
+>>> folder = open_run("20261123-170102-a3f9")
+>>> folder.record().function, folder.outcome_summary(0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mini.runs.errors import RunNotFound
+
+if TYPE_CHECKING:
+    from mini.serialization import Outcome
+
+FORMAT = 1
+_RECORD = "run.json"
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One call of a run: its position, a readable summary of its arguments, and the backend's id for it."""
+
+    index: int
+    args: str
+    backend_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run was: written at launch, read by every later question about it."""
+
+    id: str
+    kind: str  # "spawn", "spawn_map" or "experiment"
+    backend: str
+    apparatus: str
+    function: str
+    monitor: str  # "module:Class" of the `Monitor` that observes this run's calls
+    created: float
+    project_root: str
+    image_hash: str | None
+    git_commit: str | None
+    git_dirty: bool | None
+    calls: tuple[CallRecord, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+    launcher: dict[str, Any] = field(default_factory=dict)  # the launching process, for liveness checks
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRecord:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"unknown run record format {data.get('format')!r}")
+        fields = {key: value for key, value in data.items() if key != "format"}
+        fields["calls"] = tuple(CallRecord(**call) for call in fields["calls"])
+        return cls(**fields)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` whole: readers see the old content or the new, never a mix.
+
+    >>> write_atomically(folder / "run.json", b"{...}")
+    """
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())  # the rename must not reach the disk before the data does
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+class RunFolder:
+    """The files of one run. Cheap to create; every method reads or writes the disk when called."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.id = path.name
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # ----- the record --------------------------------------------------------------------------------
+
+    def record(self) -> RunRecord:
+        data = _read_json(self.path / _RECORD)
+        if data is None:
+            raise RunNotFound(
+                f"run {self.id} has a folder ({self.path}) but no record in it: its launch was interrupted "
+                "or the entry was partly deleted. Remove the folder."
+            )
+        return RunRecord.from_json(data)
+
+    def write_record(self, record: RunRecord) -> None:
+        write_atomically(self.path / _RECORD, json.dumps(record.to_json(), indent=1).encode())
+
+    # ----- per call ----------------------------------------------------------------------------------
+
+    def call_dir(self, index: int) -> Path:
+        return self.path / "calls" / str(index)
+
+    def write_call_file(self, index: int, name: str, data: bytes) -> None:
+        write_atomically(self.call_dir(index) / name, data)
+
+    def read_call_json(self, index: int, name: str) -> dict[str, Any] | None:
+        return _read_json(self.call_dir(index) / name)
+
+    def log_path(self, index: int) -> Path:
+        return self.call_dir(index) / "log"
+
+    def store_outcome(self, index: int, outcome: Outcome, attempts: int = 1) -> None:
+        """Keep a call's outcome here for good (remote backends forget results after a while).
+
+        The data is written before its summary, so a summary always has its data next to it.
+        """
+        assert isinstance(outcome.data, bytes), "store an encoded outcome (see mini.serialization)"
+        error = None
+        if not outcome.ok:
+            from mini.serialization import decode_error
+
+            exc = decode_error(outcome.data)
+            error = f"{type(exc).__name__}: {exc}"
+        self.write_call_file(index, "outcome.pkl", outcome.data)
+        summary = {"ok": outcome.ok, "error": error, "finished": time.time(), "attempts": attempts}
+        self.write_call_file(index, "outcome.json", json.dumps(summary).encode())
+
+    def outcome_summary(self, index: int) -> dict[str, Any] | None:
+        """`{"ok", "error", "finished", "attempts"}` once the call has settled here, else None."""
+        return self.read_call_json(index, "outcome.json")
+
+    def load_outcome(self, index: int) -> Outcome:
+        from mini.serialization import Outcome
+
+        summary = self.outcome_summary(index)
+        assert summary is not None, "load_outcome needs a settled call"
+        return Outcome(index, bool(summary["ok"]), (self.call_dir(index) / "outcome.pkl").read_bytes())
+
+    def mark_cancelled(self, index: int) -> None:
+        self.write_call_file(index, "cancelled.json", json.dumps({"cancelled": time.time()}).encode())
+
+    def cancelled_at(self, index: int) -> float | None:
+        marker = self.read_call_json(index, "cancelled.json")
+        return None if marker is None else float(marker["cancelled"])
+
+
+# ----- the registry ----------------------------------------------------------------------------------
+
+
+def runs_dir(project_root: Path) -> Path:
+    """`<project>/.mini/runs`, where this checkout's runs are recorded (it may not exist yet)."""
+    return project_root / ".mini" / "runs"
+
+
+def new_run_folder(project_root: Path, now: float | None = None) -> RunFolder:
+    """Claim a fresh run id and its folder; never one another launch holds.
+
+    Ids sort by launch time and read well in a shell: `20261123-170102-a3f9`.
+    """
+    from mini.image.cache import state_dir
+
+    parent = state_dir(project_root) / "runs"
+    parent.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    while True:
+        path = parent / f"{stamp}-{secrets.token_hex(2)}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        (path / "calls").mkdir()
+        return RunFolder(path)
+
+
+def list_runs(project_root: Path) -> list[RunFolder]:
+    """This checkout's runs, newest first (folders without a record yet are left out)."""
+    parent = runs_dir(project_root)
+    if not parent.is_dir():
+        return []
+    folders = [RunFolder(p) for p in parent.iterdir() if (p / _RECORD).is_file()]
+    return sorted(folders, key=lambda folder: folder.id, reverse=True)
+
+
+def open_run(run_id: str, project_root: Path) -> RunFolder:
+    """The run `run_id` (or the one run whose id starts with it); `RunNotFound` says what exists instead.
+
+    >>> open_run("20261123-1701", root).record().backend
+    'local'
+    """
+    parent = runs_dir(project_root)
+    exact = parent / run_id
+    if run_id and "/" not in run_id and exact.is_dir():
+        return RunFolder(exact)
+    known = list_runs(project_root)
+    matches = [folder for folder in known if folder.id.startswith(run_id)] if run_id else []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        names = ", ".join(folder.id for folder in matches[:10])
+        raise RunNotFound(f"{run_id!r} matches several runs ({names}); give more of the id.")
+    raise RunNotFound(_not_found_message(run_id, project_root, known))
+
+
+def _not_found_message(run_id: str, project_root: Path, known: list[RunFolder]) -> str:
+    elsewhere = launched_from(run_id)
+    if elsewhere is not None and Path(elsewhere) != project_root:
+        return (
+            f"run {run_id} was launched from another checkout, {elsewhere}; its record lives there. "
+            f"Run this command from that folder (cd {elsewhere})."
+        )
+    if elsewhere is not None:
+        return (
+            f"run {run_id} was launched from this checkout, but its entry in {runs_dir(project_root)} "
+            "has been deleted; its results are gone with it."
+        )
+    if not known:
+        return f"no run {run_id!r}: no runs are recorded in {runs_dir(project_root)} yet."
+    listing = ", ".join(folder.id for folder in known[:10])
+    more = f" and {len(known) - 10} more (see `mini ls`)" if len(known) > 10 else ""
+    return f"no run {run_id!r} in {runs_dir(project_root)}. Known runs, newest first: {listing}{more}."
+
+
+# ----- where runs were launched, across checkouts ---------------------------------------------------
+# A one-line-per-launch journal in the user's state folder, so that an id from another checkout gets a
+# useful answer. Lines are appended with O_APPEND in one write, which concurrent launches cannot tear.
+
+
+def _journal() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "mini" / "launched-runs.jsonl"
+
+
+def note_launch(run_id: str, project_root: Path) -> None:
+    """Remember which checkout `run_id` was launched from (best effort: a read-only home is fine)."""
+    line = json.dumps({"id": run_id, "project_root": str(project_root)}) + "\n"
+    with contextlib.suppress(OSError):
+        path = _journal()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(handle, line.encode())
+        finally:
+            os.close(handle)
+
+
+def launched_from(run_id: str) -> str | None:
+    """The checkout `run_id` was launched from, if this user launched it; None if unknown."""
+    try:
+        lines = _journal().read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if entry.get("id") == run_id:
+                return str(entry.get("project_root"))
+    return None
