@@ -108,6 +108,7 @@ class Servicer(ModalClientBase):
         self._secrets: dict[str, dict[str, str]] = {}
         self._secret_names: dict[str, str] = {}
         self._volume_names: dict[str, str] = {}
+        self._stopping: set[asyncio.Task] = set()
 
     def _new_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids)}"
@@ -116,7 +117,9 @@ class Servicer(ModalClientBase):
         """Stop every input and container (the emulator is going away)."""
         for call in self._calls.values():
             self._cancel(call)
-        await asyncio.gather(*(fn.pool.shutdown() for fn in self._functions.values() if fn.pool))
+        await asyncio.gather(
+            *self._stopping, *(fn.pool.shutdown() for fn in self._functions.values() if fn.pool)
+        )
 
     # --- client and environment ---
 
@@ -169,7 +172,9 @@ class Servicer(ModalClientBase):
             for function_id in app.function_ids:
                 pool = self._functions[function_id].pool
                 if pool is not None:
-                    asyncio.create_task(pool.shutdown())
+                    stopping = asyncio.create_task(pool.shutdown())
+                    self._stopping.add(stopping)
+                    stopping.add_done_callback(self._stopping.discard)
             app.record.states.append("stopped")
         app.finish()
         await stream.send_message(Empty())

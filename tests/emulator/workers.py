@@ -59,6 +59,7 @@ class Container:
         self._replies: asyncio.StreamReader | None = None
         self._marks: dict[str, asyncio.Queue[None]] = {"stdout": asyncio.Queue(), "stderr": asyncio.Queue()}
         self._readers: list[asyncio.Task] = []
+        self._reply_transport: asyncio.ReadTransport | None = None
 
     async def start(self) -> None:
         read_end, write_end = os.pipe()
@@ -88,7 +89,7 @@ class Container:
             os.close(write_end)
         loop = asyncio.get_running_loop()
         self._replies = asyncio.StreamReader(limit=1 << 20)
-        await loop.connect_read_pipe(
+        self._reply_transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(self._replies), os.fdopen(read_end, "rb", buffering=0)
         )
         assert self._process.stdout is not None and self._process.stderr is not None
@@ -111,8 +112,12 @@ class Container:
         self.kill()
         if self._process is not None:
             await self._process.wait()
-        for reader in self._readers:
-            reader.cancel()
+            if self._process.stdin is not None:
+                self._process.stdin.close()
+        # The log readers end at EOF; letting them drain lets asyncio close the process's pipes.
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        if self._reply_transport is not None:
+            self._reply_transport.close()
 
     async def _send(self, message: dict[str, object]) -> None:
         assert self._process is not None and self._process.stdin is not None
