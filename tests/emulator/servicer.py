@@ -39,6 +39,7 @@ from tests.emulator.workers import ContainerPool, ContainerSpec
 
 IMAGE_BUILDER_VERSION = max(version for version in get_args(ImageBuilderVersion) if version != "PREVIEW")
 DEFAULT_MAX_CONTAINERS = 4
+WORKSPACE = "emulator"
 _STANDALONE_PYTHON = re.compile(r"^python-build-standalone\.\w+\.(\d+\.\d+)\.\d+-gnu$")
 _APP_STATE_NAMES = {
     api_pb2.APP_STATE_EPHEMERAL: "ephemeral",
@@ -126,6 +127,17 @@ class Servicer(ModalClientBase):
     async def ClientHello(self, stream: Stream) -> None:
         await stream.recv_message()
         await stream.send_message(api_pb2.ClientHelloResponse())
+
+    async def TokenInfoGet(self, stream: Stream) -> None:
+        await stream.recv_message()
+        token_id = stream.metadata.get("x-modal-token-id", "")
+        await stream.send_message(api_pb2.TokenInfoGetResponse(token_id=token_id, workspace_name=WORKSPACE))
+
+    async def WorkspaceNameLookup(self, stream: Stream) -> None:
+        await stream.recv_message()
+        await stream.send_message(
+            api_pb2.WorkspaceNameLookupResponse(workspace_name=WORKSPACE, username=WORKSPACE)
+        )
 
     async def EnvironmentGetOrCreate(self, stream: Stream) -> None:
         request: api_pb2.EnvironmentGetOrCreateRequest = await stream.recv_message()

@@ -74,3 +74,23 @@ def _read_exports(process: subprocess.Popen) -> dict[str, str]:
         name, _, value = line.removeprefix("export ").strip().partition("=")
         exported[name] = value.strip("'")
     return exported
+
+
+def test_modal_cli_token_commands_work_against_the_emulator(modal_emulator, tmp_path):
+    config = tmp_path / "modal.toml"
+    environment = {**os.environ, "MODAL_CONFIG_PATH": str(config)}
+    environment.pop("MODAL_TOKEN_ID")
+    environment.pop("MODAL_TOKEN_SECRET")
+    modal_cli = [sys.executable, "-m", "modal"]
+    token_set = ["token", "set", "--token-id", TOKEN_ID, "--token-secret", TOKEN_SECRET]
+    subprocess.run([*modal_cli, *token_set], env=environment, check=True, capture_output=True, timeout=120)
+    assert "[emulator]" in config.read_text()  # the profile is named after the workspace
+    info = subprocess.run(
+        [*modal_cli, "token", "info"],
+        env=environment,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "emulator" in info.stdout
