@@ -6,10 +6,12 @@ only figures taken in the same run are compared.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -62,10 +64,20 @@ def rss_mb() -> float:
     return _status_field("VmRSS") or peak_rss_mb()
 
 
-def _status_field(field: str) -> float | None:
-    # Linux only; ru_maxrss is the portable fallback for the peak.
+def children_peak_rss_mb() -> list[float]:
+    """Peak RSS (VmHWM) of each live child process, in MB; empty where /proc is missing."""
+    pids: list[str] = []
+    for children in Path("/proc/self/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            pids += children.read_text().split()
+    peaks = [_status_field("VmHWM", pid) for pid in pids]
+    return [peak for peak in peaks if peak is not None]
+
+
+def _status_field(field: str, pid: str = "self") -> float | None:
+    # Linux only; ru_maxrss is the portable fallback for our own peak.
     try:
-        with open("/proc/self/status") as status:
+        with open(f"/proc/{pid}/status") as status:
             for line in status:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024

@@ -2,7 +2,8 @@
 
 Each mode runs in a fresh `python -m bench.memory MODE INPUTS CHECKPOINT` so that its peak RSS is its own.
 The peak after the first CHECKPOINT results is the baseline; a map that holds every input would grow by
-hundreds of MB over 1,000,000 inputs. In process mode this is the parent's RSS, where inputs queue.
+hundreds of MB over 1,000,000 inputs. In process mode this is the parent's RSS, where inputs queue; the
+workers' peak is reported beside it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import peak_rss_mb, rss_mb
+from bench.harness import children_peak_rss_mb, peak_rss_mb, rss_mb
 
 FLAT_MB = 10.0  # growth allowed between the checkpoint and the end before the map counts as unbounded
 _REPOSITORY = Path(__file__).resolve().parents[1]
@@ -53,6 +54,7 @@ def _measure(mode: str, inputs: int, checkpoint: int) -> dict[str, Any]:
         for results, _ in enumerate(app.map(tasks.noop, (i for i in range(inputs))), 1):
             if results == checkpoint:
                 at_checkpoint = peak_rss_mb()
+        workers = children_peak_rss_mb()
     return {
         "inputs": results,
         "checkpoint": checkpoint,
@@ -60,6 +62,7 @@ def _measure(mode: str, inputs: int, checkpoint: int) -> dict[str, Any]:
         "peak_mb": peak_rss_mb(),
         "rss_end_mb": rss_mb(),
         "items_per_s": results / (time.perf_counter() - started),
+        "worker_peak_mb": max(workers, default=0.0),
     }
 
 

@@ -172,17 +172,20 @@ def _advantage(ours: float, theirs: float, better: str) -> str:
 
 def _memory_table(memory: dict[str, Any]) -> list[str]:
     lines = ["## Memory: map over a generator of small inputs", ""]
-    lines += [
-        "| mode | inputs | peak RSS after checkpoint | peak RSS at the end | growth | items/s | flat |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    columns = ("mode", "inputs", "peak RSS after checkpoint", "peak RSS at the end", "growth", "worker peak")
+    lines += ["| " + " | ".join((*columns, "items/s", "flat")) + " |", "|---" * (len(columns) + 2) + "|"]
     for mode, f in memory.items():
         lines.append(
             f"| {mode} | {f['inputs']:,} | {f['peak_at_checkpoint_mb']:.1f} MB (after {f['checkpoint']:,}) "
-            f"| {f['peak_mb']:.1f} MB | {f['growth_mb']:+.1f} MB | {f['items_per_s']:,.0f} "
-            f"| {'yes' if f['flat'] else '**no**'} |"
+            f"| {f['peak_mb']:.1f} MB | {f['growth_mb']:+.1f} MB | {_worker_peak(mode, f)} "
+            f"| {f['items_per_s']:,.0f} | {'yes' if f['flat'] else '**no**'} |"
         )
-    return [*lines, "", "Process mode: the parent's RSS, where inputs wait; workers hold one batch each.", ""]
+    note = "RSS of the calling process, where inputs wait; a process-mode worker holds one batch at a time."
+    return [*lines, "", note, ""]
+
+
+def _worker_peak(mode: str, figures: dict[str, Any]) -> str:
+    return f"{figures['worker_peak_mb']:.1f} MB" if mode == "process" else "(same process)"
 
 
 def _number(value: float | None) -> str:

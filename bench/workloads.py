@@ -27,7 +27,7 @@ class Sizes:
     map_rounds: int = 3
     spin_calls: int = 40
     spin_seconds: float = 0.05
-    spin_rounds: int = 2
+    spin_rounds: int = 3
     array_bytes: int = 100_000_000
     array_rounds: int = 5
     memory_inputs: int = 1_000_000
