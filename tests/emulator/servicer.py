@@ -39,6 +39,7 @@ from tests.emulator.workers import ContainerPool, ContainerSpec
 
 IMAGE_BUILDER_VERSION = max(version for version in get_args(ImageBuilderVersion) if version != "PREVIEW")
 DEFAULT_MAX_CONTAINERS = 4
+DEFAULT_SCALEDOWN_WINDOW = 60  # seconds, Modal's default
 WORKSPACE = "emulator"
 _STANDALONE_PYTHON = re.compile(r"^python-build-standalone\.\w+\.(\d+\.\d+)\.\d+-gnu$")
 _APP_STATE_NAMES = {
@@ -617,6 +618,7 @@ class Servicer(ModalClientBase):
                 function.pool = ContainerPool(
                     spec=self._container_spec(function, environment),
                     max_containers=function.record.max_containers or DEFAULT_MAX_CONTAINERS,
+                    scaledown_window=_scaledown_window(function.definition),
                     on_log=self._log_sink(function),
                 )
             return function.pool
@@ -668,6 +670,11 @@ def _build_result(build: asyncio.Task) -> api_pb2.GenericResult:
         error = "cancelled" if build.cancelled() else str(build.exception())
         return api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE, exception=error)
     return api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS)
+
+
+def _scaledown_window(definition: api_pb2.Function) -> float:
+    window = definition.autoscaler_settings.scaledown_window or definition.task_idle_timeout_secs
+    return float(window or DEFAULT_SCALEDOWN_WINDOW)
 
 
 def _record_cancellation(task: asyncio.Task, call: FunctionCall, item: Input) -> None:

@@ -156,15 +156,20 @@ class Container:
 
 @dataclass
 class ContainerPool:
-    """The containers of one function, at most `max_containers` of them running inputs at once."""
+    """The containers of one function, at most `max_containers` of them running inputs at once.
+
+    A container left idle for `scaledown_window` seconds is stopped, as Modal scales a function down.
+    """
 
     spec: ContainerSpec
     max_containers: int
+    scaledown_window: float
     on_log: LogSink
     running: int = 0
     peak_running: int = 0
-    _idle: list[Container] = field(default_factory=list)
+    _idle: dict[Container, asyncio.TimerHandle] = field(default_factory=dict)
     _all: set[Container] = field(default_factory=set)
+    _stopping: set[asyncio.Task] = field(default_factory=set)
     _slots: asyncio.Semaphore | None = None
 
     async def run(self, message: dict[str, object], timeout: float | None) -> dict[str, object]:
@@ -173,7 +178,7 @@ class ContainerPool:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_containers)
         async with self._slots:
-            container = self._idle.pop() if self._idle else await self._start()
+            container = self._take_idle() or await self._start()
             self.running += 1
             self.peak_running = max(self.peak_running, self.running)
             try:
@@ -184,12 +189,30 @@ class ContainerPool:
                 raise
             finally:
                 self.running -= 1
-            self._idle.append(container)
+            loop = asyncio.get_running_loop()
+            self._idle[container] = loop.call_later(self.scaledown_window, self._scale_down, container)
             return reply
 
     async def shutdown(self) -> None:
-        containers, self._all, self._idle = list(self._all), set(), []
-        await asyncio.gather(*(container.stop() for container in containers))
+        for timer in self._idle.values():
+            timer.cancel()
+        containers, self._all, self._idle = list(self._all), set(), {}
+        await asyncio.gather(*self._stopping, *(container.stop() for container in containers))
+
+    def _take_idle(self) -> Container | None:
+        if not self._idle:
+            return None
+        container, timer = self._idle.popitem()
+        timer.cancel()
+        return container
+
+    def _scale_down(self, container: Container) -> None:
+        if self._idle.pop(container, None) is None:
+            return
+        self._all.discard(container)
+        stopping = asyncio.get_running_loop().create_task(container.stop())
+        self._stopping.add(stopping)
+        stopping.add_done_callback(self._stopping.discard)
 
     async def _start(self) -> Container:
         container = Container(self.spec, self.on_log)

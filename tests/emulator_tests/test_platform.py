@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import ssl
+import time
 
 import certifi
 import modal
@@ -235,3 +236,32 @@ def test_missing_named_secret_is_not_found(modal_emulator):
     _read_secret(app, "missing_reader", modal.Secret.from_name("emulator-missing"))
     with pytest.raises(NotFoundError, match="emulator-missing"), app.run():
         pass
+
+
+def test_idle_containers_scale_down_after_the_window(modal_emulator):
+    app = modal.App("emulator-scaledown")
+
+    def container_pid() -> int:
+        import os
+
+        return os.getpid()
+
+    pid_fn = app.function(image=image, serialized=True, scaledown_window=2, name="scaledown_pid")(
+        container_pid
+    )
+    with app.run():
+        first = pid_fn.remote()
+        assert pid_fn.remote() == first  # reused while warm
+        deadline = time.monotonic() + 30
+        while _process_exists(first):
+            assert time.monotonic() < deadline, "the idle container was never stopped"
+            time.sleep(0.1)
+        assert pid_fn.remote() != first
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
