@@ -161,15 +161,15 @@ def _proxy_settings() -> Finding:
         if value
     ]
     if not settings:
-        return Finding("ok", "proxy", "none set (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY)")
+        return Finding("ok", "proxy settings", "none set (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY)")
     if importlib.util.find_spec("python_socks") is None:
         return Finding(
             "FAIL",
-            "proxy",
+            "proxy settings",
             f"{', '.join(settings)} but Modal's proxy support (python-socks) is not installed",
             "`./go install` (mini depends on modal[api-proxy-support])",
         )
-    return Finding("ok", "proxy", ", ".join(settings))
+    return Finding("ok", "proxy settings", ", ".join(settings))
 
 
 def _network(reachability: Reachability) -> list[Finding]:
