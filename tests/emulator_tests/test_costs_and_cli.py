@@ -76,21 +76,9 @@ def _read_exports(process: subprocess.Popen) -> dict[str, str]:
     return exported
 
 
-def test_modal_cli_token_commands_work_against_the_emulator(modal_emulator, tmp_path):
-    config = tmp_path / "modal.toml"
-    environment = {**os.environ, "MODAL_CONFIG_PATH": str(config)}
-    environment.pop("MODAL_TOKEN_ID")
-    environment.pop("MODAL_TOKEN_SECRET")
-    modal_cli = [sys.executable, "-m", "modal"]
-    token_set = ["token", "set", "--token-id", TOKEN_ID, "--token-secret", TOKEN_SECRET]
-    subprocess.run([*modal_cli, *token_set], env=environment, check=True, capture_output=True, timeout=120)
-    assert "[emulator]" in config.read_text()  # the profile is named after the workspace
+def test_modal_token_info_works_against_the_emulator(modal_emulator):
     info = subprocess.run(
-        [*modal_cli, "token", "info"],
-        env=environment,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-m", "modal", "token", "info"], capture_output=True, text=True, timeout=120
     )
-    assert "emulator" in info.stdout
+    assert info.returncode == 0, info.stderr
+    assert TOKEN_ID in info.stdout and "emulator" in info.stdout
