@@ -172,3 +172,20 @@ def test_go_auth_refuses_half_a_token(tls_emulator: TlsEmulator, tmp_path: Path)
     assert result.returncode == 2
     assert "set both MODAL_TOKEN_ID and MODAL_TOKEN_SECRET" in result.stderr
     assert not config.exists()
+
+
+def test_without_a_token_in_the_environment_auth_starts_modals_token_flow(
+    tls_emulator: TlsEmulator, tmp_path: Path
+) -> None:
+    # The emulator has no browser flow: it refuses the anonymous TokenFlowCreate call, which shows the
+    # flow started (over TLS, against the configured server) and that its failure is reported plainly.
+    config = tmp_path / "modal.toml"
+    env = tls_emulator.environment(
+        tmp_path, MODAL_TOKEN_ID=None, MODAL_TOKEN_SECRET=None, MODAL_CONFIG_PATH=str(config)
+    )
+    with tls_emulator.emulator.recorder.counting() as rpcs:
+        result = run_python(["-m", "mini.auth"], env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert rpcs["TokenFlowCreate"] >= 1
+    assert "./go auth: Modal's token flow failed:" in result.stderr
+    assert "Traceback" not in result.stderr

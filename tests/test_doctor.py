@@ -13,7 +13,6 @@ import pytest
 from mini.cli.doctor import _satisfies
 from tests.support.tls_emulator import TlsEmulator, run_python, serve_tls_emulator
 
-
 MINI = "import sys; from mini.cli import main; sys.exit(main(sys.argv[1:]))"
 
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mini.tls import ensure_grpc_trusts_system_ca
+from mini.tls import TrustStoreError, ensure_grpc_trusts_system_ca
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -117,8 +117,7 @@ def check_token(*, timeout: float = DEFAULT_TIMEOUT) -> TokenCheck:
     if token is None:
         return TokenCheck(
             TokenStatus.MISSING,
-            "neither MODAL_TOKEN_ID/MODAL_TOKEN_SECRET nor a token in the active profile of "
-            f"{_config_path()}",
+            f"neither MODAL_TOKEN_ID/MODAL_TOKEN_SECRET nor a token in the active profile of {config_path()}",
             fix="run `./go auth` (with MODAL_TOKEN_ID and MODAL_TOKEN_SECRET set, or for the browser flow)",
         )
     url = server_url()
@@ -278,8 +277,25 @@ def _handshake(hops: list[Hop], sock: socket.socket, host: str, timeout: float) 
             )
         )
         return
+    except TimeoutError:
+        hops.append(
+            Hop(
+                "TLS",
+                False,
+                f"{host} accepted the connection but the TLS handshake timed out after {timeout:g}s",
+                "check that MODAL_SERVER_URL names a TLS endpoint, and any proxy or firewall in between",
+            )
+        )
+        return
     except (ssl.SSLError, OSError) as error:
-        hops.append(Hop("TLS", False, f"TLS handshake with {host} failed: {error}", "check the proxy"))
+        hops.append(
+            Hop(
+                "TLS",
+                False,
+                f"TLS handshake with {host} failed: {error}",
+                "check MODAL_SERVER_URL, and any proxy or firewall in between",
+            )
+        )
         return
     authority = issuer.get("organizationName") or issuer.get("commonName") or "unknown issuer"
     hops.append(Hop("TLS", True, f"chain of {host} verified (issued by {authority}; CAs: {certifi.where()})"))
@@ -317,17 +333,40 @@ def store_token(token_id: str, token_secret: str, *, profile: str | None = None)
     store_token(os.environ["MODAL_TOKEN_ID"], os.environ["MODAL_TOKEN_SECRET"], profile="work")
     """
     import modal.config
+    from modal._utils.async_utils import synchronizer
     from modal.token_flow import _set_token
 
-    path = _config_path()
+    path = config_path()
     _make_owner_only(path)
     chosen = profile or modal.config._profile
-    asyncio.run(_set_token(token_id, token_secret, profile=chosen, activate=True, verify=False))
+    synchronizer.create_blocking(_set_token)(
+        token_id, token_secret, profile=chosen, activate=True, verify=False
+    )
     _make_owner_only(path)
     return path
 
 
-def _config_path() -> Path:
+def new_token_interactively(*, profile: str | None = None) -> Path:
+    """Run Modal's browser flow (`modal token new`) and store the token it yields, owner-only.
+
+    new_token_interactively(profile="work")   # prints a URL to open, waits for the browser
+    """
+    from modal._utils.async_utils import synchronizer
+    from modal.output import enable_output
+    from modal.token_flow import _new_token
+
+    path = config_path()
+    _make_owner_only(path)
+    try:
+        with enable_output():
+            synchronizer.create_blocking(_new_token)(profile=profile, activate=True, verify=True)
+    finally:
+        _make_owner_only(path)
+    return path
+
+
+def config_path() -> Path:
+    """Modal's config file: MODAL_CONFIG_PATH, else ~/.modal.toml."""
     import modal.config
 
     return Path(modal.config.user_config_path)
@@ -339,23 +378,6 @@ def _make_owner_only(path: Path) -> None:
     path.chmod(0o600)
 
 
-def _login_interactively(profile: str | None) -> int:
-    from modal.__main__ import main as modal_main
-
-    if profile:
-        os.environ["MODAL_PROFILE"] = profile
-    path = _config_path()
-    _make_owner_only(path)
-    sys.argv = ["modal", "token", "new"]
-    try:
-        modal_main()
-    except SystemExit as done:
-        return done.code if isinstance(done.code, int) else 1
-    finally:
-        _make_owner_only(path)
-    return 0
-
-
 def _close_stdin() -> None:
     # A check must never wait for a prompt: anything that reads stdin gets end-of-file at once.
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -365,6 +387,10 @@ def _close_stdin() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`./go auth [--check] [--profile NAME] [--timeout S]`; returns the exit status.
+
+    sys.exit(main(["--check"]))
+    """
     parser = argparse.ArgumentParser(
         prog="./go auth",
         description="Store the Modal token (from MODAL_TOKEN_ID/MODAL_TOKEN_SECRET, else Modal's browser "
@@ -376,6 +402,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per step (default: %(default)s)"
     )
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except TrustStoreError as error:
+        print(f"./go auth: {error}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.check:
         _close_stdin()
         check = check_token(timeout=args.timeout)
@@ -390,7 +424,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if token_id or token_secret:
         print("./go auth: set both MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or neither.", file=sys.stderr)
         return 2
-    return _login_interactively(args.profile)
+    from modal.exception import Error
+
+    try:
+        path = new_token_interactively(profile=args.profile)
+    except Error as error:
+        print(f"./go auth: Modal's token flow failed: {error}", file=sys.stderr)
+        return 1
+    print(f"stored the new token in {path} (owner-only); check it with `./go auth --check`")
+    return 0
 
 
 if __name__ == "__main__":

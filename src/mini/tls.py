@@ -109,7 +109,9 @@ def cache_dir() -> Path:
     directory = base / "mini" / "tls"
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = directory.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+    # Windows has no uids; there the user profile's own ACLs guard the directory.
+    ours = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    if not stat.S_ISDIR(info.st_mode) or not ours:
         raise TrustStoreError(
             f"{directory} is not a directory owned by you, so a CA bundle written there could be swapped "
             "by someone else. Remove it or set XDG_CACHE_HOME to a directory of your own."
