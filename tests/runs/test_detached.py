@@ -49,7 +49,7 @@ def test_spawn_map_runs_every_call_and_records_the_run(app, project):
     assert record.backend == "local" and record.apparatus == "detached" and record.kind == "spawn_map"
     assert record.function == "tests.runs.functions:square"
     assert [call.args for call in record.calls] == [f"x={i}" for i in range(5)]
-    assert all(call.backend_id and call.backend_id.isdigit() for call in record.calls)
+    assert all(job.backend_id and job.backend_id.isdigit() for job in run), "local calls are known by pid"
     assert record.project_root == str(project) and record.git_commit is None and record.image_hash is None
     assert "squaring 3" in run[3].logs()
 
@@ -110,7 +110,7 @@ def test_cancel_kills_the_calls_whole_process_group(app, tmp_path):
     assert job.cancel() is True
     assert job.status() == "cancelled"
     wait_until(lambda: process_gone(grandchild), what="the grandchild to be killed")
-    wait_until(lambda: process_gone(int(job.record.backend_id)), what="the call process to be killed")
+    wait_until(lambda: process_gone(int(job.backend_id)), what="the call process to be killed")
     with pytest.raises(CallCancelled):
         job.result(timeout=0)
     assert job.cancel() is False, "a settled call cannot be cancelled again"
@@ -119,7 +119,7 @@ def test_cancel_kills_the_calls_whole_process_group(app, tmp_path):
 def test_a_call_whose_process_vanished_is_failed_not_running_forever(app, tmp_path):
     job = app.spawn(functions.wait_for_file, str(tmp_path / "never"))
     wait_until(lambda: job.status() == "running", what="the call to start")
-    os.kill(int(job.record.backend_id), signal.SIGKILL)  # as the OOM killer would
+    os.kill(int(job.backend_id), signal.SIGKILL)  # as the OOM killer would
     wait_until(lambda: job.status() == "failed", what="the vanished call to be reported failed")
     assert "ended without storing a result" in job.state().detail
     with pytest.raises(WorkerCrashed, match="ended without storing a result"):
@@ -171,3 +171,36 @@ def test_the_record_names_git_commit_and_dirty_state(project):
     assert data["git_commit"] == head.strip() and data["git_dirty"] is False
     assert dirty.run.record.git_dirty is True
     assert clean.result(timeout=60) == 4 and dirty.result(timeout=60) == 9
+
+
+def test_queued_calls_fail_if_the_runs_scheduler_is_killed_while_started_ones_go_on(project, tmp_path):
+    release = tmp_path / "release"
+    with LocalApparatus("scheduler", workers=1) as app:
+        run = app.spawn_map(functions.wait_for_file, [str(release)] * 3)
+    wait_until(lambda: run.counts()["running"] == 1, what="the first call to start")
+    scheduler = json.loads((run.folder.path / "scheduler.json").read_text())["pid"]
+    os.kill(scheduler, signal.SIGKILL)
+    wait_until(lambda: run.counts()["failed"] == 2, what="the queued calls to be reported failed")
+    assert "scheduler" in run[1].state().detail and run[0].status() == "running"
+    release.touch()
+    assert run[0].result(timeout=60)["pid"] == int(run[0].backend_id)
+    assert run.status() == "failed"
+
+
+def test_a_launch_interrupted_before_handing_calls_over_is_failed(project):
+    code = textwrap.dedent("""
+        import os, signal
+        from mini import LocalApparatus
+        from mini.runs.local_launcher import LocalLauncher
+        from tests.runs import functions
+        LocalLauncher.launch = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+        LocalApparatus("interrupted").spawn_map(functions.square, range(2))
+    """)
+    launcher = subprocess.run(
+        [sys.executable, "-c", code], cwd=project, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120
+    )
+    assert launcher.returncode == -signal.SIGKILL
+    (folder,) = (project / ".mini" / "runs").iterdir()
+    run = Run.open(folder.name)
+    assert run.status() == "failed"
+    assert "launching process ended before it handed this call over" in run[0].state().detail

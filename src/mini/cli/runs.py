@@ -125,7 +125,7 @@ def _status(args: argparse.Namespace) -> int:
             state.status,
             _duration(state),
             _cut(call.args),
-            call.backend_id or "",
+            the_run[call.index].backend_id or "",
             state.detail,
         ]
         for call, state in zip(record.calls, states, strict=True)
@@ -314,8 +314,9 @@ def _select(run_id: str, call: int | None) -> tuple[Run[Any], list[Job[Any]], bo
 
 def _status_json(the_run: Run[Any], states: list[CallState]) -> dict[str, Any]:
     record = the_run.record.to_json()
-    for call, state in zip(record["calls"], states, strict=True):
+    for call, job, state in zip(record["calls"], the_run, states, strict=True):
         call.update(status=state.status, detail=state.detail, started=state.started, finished=state.finished)
+        call["backend_id"] = job.backend_id
     return {"id": the_run.id, "status": run_status(states), "counts": count_statuses(states), **record}
 
 

@@ -1,13 +1,12 @@
-"""One detached local call: `python -m mini.runs._call RUN_FOLDER INDEX WORKERS TIMEOUT RETRIES`.
+"""One detached local call: `python -m mini.runs._call RUN_FOLDER INDEX TIMEOUT RETRIES`.
 
-It runs as the leader of its own session (so it outlives the launcher and `cancel` can kill its whole
-process group), waits for one of the run's WORKERS slots, runs the call, and stores the outcome in the run
-folder. TIMEOUT is seconds or "-"; a timed-out call is not retried, because the timeout ends its process.
+The run's scheduler starts it as the leader of its own session, so it outlives the launcher and `cancel`
+can kill its whole process group. It runs the call and stores the outcome in the run folder. TIMEOUT is
+seconds or "-"; a timed-out call is not retried, because the timeout ends its process.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -15,31 +14,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO
 
 from mini.runs.registry import RunFolder
-
-_SLOT_POLL = (0.02, 0.5)  # first and longest wait between tries for a free slot, in seconds
-
-
-def _take_slot(folder: RunFolder, index: int, workers: int) -> IO[str]:
-    """Hold one of the run's `workers` slot locks, the run's bound on calls at once.
-
-    The kernel releases a lock when its holder dies, however it dies, so a killed call frees its slot.
-    """
-    slots = folder.path / "slots"
-    slots.mkdir(exist_ok=True)
-    wait = _SLOT_POLL[0]
-    while True:
-        for offset in range(workers):
-            handle = open(slots / f"{(index + offset) % workers}.lock", "a")  # noqa: SIM115 - held till exit
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return handle
-            except BlockingIOError:
-                handle.close()
-        time.sleep(wait)
-        wait = min(wait * 2, _SLOT_POLL[1])
 
 
 def _run(folder: RunFolder, index: int, timeout: float | None, retries: int) -> int:
@@ -103,18 +79,14 @@ def main(argv: list[str]) -> int:
     # exactly as a pooled worker does.
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]
-    folder, index, workers = RunFolder(Path(argv[0])), int(argv[1]), int(argv[2])
-    timeout = None if argv[3] == "-" else float(argv[3])
-    retries = int(argv[4])
-    slot = _take_slot(folder, index, workers)
-    try:
-        if folder.cancelled_at(index) is not None:  # cancelled while it waited for a slot
-            return 1
-        started = {"started": time.time(), "pid": os.getpid()}
-        folder.write_call_file(index, "started.json", json.dumps(started).encode())
-        return _run(folder, index, timeout, retries)
-    finally:
-        slot.close()
+    folder, index = RunFolder(Path(argv[0])), int(argv[1])
+    timeout = None if argv[2] == "-" else float(argv[2])
+    retries = int(argv[3])
+    if folder.cancelled_at(index) is not None:  # cancelled as it was being started
+        return 1
+    started = {"started": time.time(), "pid": os.getpid()}
+    folder.write_call_file(index, "started.json", json.dumps(started).encode())
+    return _run(folder, index, timeout, retries)
 
 
 if __name__ == "__main__":

@@ -49,8 +49,8 @@ class Run(Generic[R]):
     @property
     def record(self) -> RunRecord:
         """What was recorded at launch: backend, function, arguments, git commit, backend ids."""
-        if self._record is None or any(call.backend_id is None for call in self._record.calls):
-            self._record = self.folder.record()  # the launcher fills in backend ids once all started
+        if self._record is None or self._record.launched is None:
+            self._record = self.folder.record()  # the launcher fills in backend ids once all are taken
         return self._record
 
     def __repr__(self) -> str:
@@ -89,8 +89,8 @@ class Run(Generic[R]):
         state = self.monitor().state(folder, call)
         if state.status == "failed":  # it may have stored its outcome just as it ended
             return _stored_state(folder, index) or state
-        if state.status == "pending" and call.backend_id is None and not _launcher_alive(self.record):
-            return CallState("failed", "the launching process ended before it started this call")
+        if state.status == "pending" and self.record.launched is None and not _launcher_alive(self.record):
+            return CallState("failed", "the launching process ended before it handed this call over")
         return state
 
     def states(self) -> list[CallState]:
@@ -161,6 +161,11 @@ class Job(Generic[R]):
     @property
     def record(self) -> CallRecord:
         return self.run.record.calls[self.index]
+
+    @property
+    def backend_id(self) -> str | None:
+        """The backend's id for this call (a Modal function-call id, a local pid once it started)."""
+        return self.run.monitor().backend_id(self.run.folder, self.record)
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.status()}>"

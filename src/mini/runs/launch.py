@@ -56,10 +56,11 @@ def launch(
     commit, dirty = git_state(root)
 
     folder = new_run_folder(root)
+    # Plain writes: nothing reads these files before the record below exists, and they never change.
     (folder.path / "function.pkl").write_bytes(fn_blob)
     for call in calls:
         folder.call_dir(call.index).mkdir()
-        folder.write_call_file(call.index, "payload.pkl", call.payload)
+        (folder.call_dir(call.index) / "payload.pkl").write_bytes(call.payload)
     record = RunRecord(
         id=folder.id,
         kind=kind,
@@ -84,9 +85,7 @@ def launch(
     except BaseException:
         run.cancel()  # whatever did start is stopped; the record says the run was cancelled
         raise
-    record = dataclasses.replace(
-        record,
-        calls=tuple(dataclasses.replace(c, backend_id=i) for c, i in zip(record.calls, ids, strict=True)),
-    )
+    with_ids = (dataclasses.replace(call, backend_id=i) for call, i in zip(record.calls, ids, strict=True))
+    record = dataclasses.replace(record, calls=tuple(with_ids), launched=time.time())
     folder.write_record(record)
     return Run(folder, record)

@@ -36,8 +36,9 @@ class Launcher(ABC):
     monitor: ClassVar[str]  # "module:Class" of the matching Monitor, stored in each run record
 
     @abstractmethod
-    def launch(self, run: RunFolder, fn_blob: bytes, calls: Sequence[Call]) -> list[str]:
-        """Start every call detached and return at once with each call's backend id, in order.
+    def launch(self, run: RunFolder, fn_blob: bytes, calls: Sequence[Call]) -> list[str | None]:
+        """Start every call detached and return at once with each call's backend id, in order (None for
+        an id the backend assigns only when the call starts; `Monitor.backend_id` then reports it).
 
         `run` already holds `function.pkl` and each call's `payload.pkl`. Raise before starting anything
         if the calls cannot be started (bad options, no credentials), so no half-launched run is left.
@@ -71,6 +72,10 @@ class Monitor(ABC):
     @abstractmethod
     def logs(self, run: RunFolder, call: CallRecord) -> str:
         """What `call` printed so far (stdout and stderr)."""
+
+    def backend_id(self, run: RunFolder, call: CallRecord) -> str | None:
+        """The backend's id for `call`; override where ids are assigned as calls start (local pids)."""
+        return call.backend_id
 
     def failure(self, run: RunFolder, call: CallRecord, state: CallState) -> BaseException:
         """The exception to raise for a call that failed without storing an outcome."""

@@ -1,8 +1,9 @@
 """Detached runs on this machine: each call in its own process and session, outliving the launcher.
 
-The call process (`mini.runs._call`) writes its outcome into the run folder itself, so the monitor only
-reads files and checks whether recorded processes are still alive: a call whose process is gone without
-an outcome has failed, whatever killed it.
+A run's scheduler process starts the calls (at most `workers` at once) and records their processes; each
+call process (`mini.runs._call`) writes its outcome into the run folder itself. So the monitor only reads
+files and checks whether recorded processes are still alive: a call whose process is gone without an
+outcome has failed, whatever killed it, and so has a queued call whose scheduler is gone.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ if TYPE_CHECKING:
     from mini.runs.registry import CallRecord, RunFolder
     from mini.serialization import Call
 
-# Call processes this process started and has not reaped yet; reaped on the next launch.
+_SCHEDULER = "scheduler.json"
+
+# Schedulers this process started and has not reaped yet; reaped on the next launch.
 _children: list[subprocess.Popen[bytes]] = []
 
 
 class LocalLauncher(Launcher):
-    """Starts each call as `python -m mini.runs._call` in a new session, at most `workers` running at once.
+    """Starts a run's scheduler (`mini.runs._schedule`) in a new session; it starts each call in a session
+    of its own, at most `workers` at once.
 
     >>> launcher = LocalLauncher(WorkerCommand(), workers=2, options=Options(timeout=600))
     """
@@ -45,37 +49,28 @@ class LocalLauncher(Launcher):
         self._mode = mode
 
     def settings(self) -> dict[str, Any]:
-        options = self._options
-        return {
-            "workers": self._workers,
-            "mode": self._mode,
-            "timeout": options.timeout,
-            "retries": options.retries,
-        }
+        timeout, retries = self._options.timeout, self._options.retries
+        return {"workers": self._workers, "mode": self._mode, "timeout": timeout, "retries": retries}
 
-    def launch(self, run: RunFolder, fn_blob: bytes, calls: Sequence[Call]) -> list[str]:
+    def launch(self, run: RunFolder, fn_blob: bytes, calls: Sequence[Call]) -> list[str | None]:
         _children[:] = [child for child in _children if child.poll() is None]
         env = self._command.environment()
         env.update(self._options.env or {})
         env["PYTHONUNBUFFERED"] = "1"  # so `mini logs` shows output as it is printed
         timeout = "-" if self._options.timeout is None else repr(self._options.timeout)
-        retries = str(self._options.retries or 0)
-        ids = []
-        for call in calls:
-            with run.log_path(call.index).open("ab") as log:
-                child = subprocess.Popen(
-                    [self._command.python, "-m", "mini.runs._call", str(run.path), str(call.index)]
-                    + [str(self._workers), timeout, retries],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                )
-            _children.append(child)
-            run.write_call_file(call.index, "process.json", json.dumps(identify(child.pid)).encode())
-            ids.append(str(child.pid))
-        return ids
+        with (run.path / "scheduler.log").open("ab") as log:
+            scheduler = subprocess.Popen(
+                [self._command.python, "-m", "mini.runs._schedule", str(run.path), str(self._workers)]
+                + [timeout, str(self._options.retries or 0)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        _children.append(scheduler)
+        run.write_file(_SCHEDULER, json.dumps(identify(scheduler.pid)).encode())
+        return [None] * len(calls)  # a call's id is its pid: see LocalMonitor.backend_id
 
 
 class LocalMonitor(Monitor):
@@ -83,20 +78,32 @@ class LocalMonitor(Monitor):
 
     def state(self, run: RunFolder, call: CallRecord) -> CallState:
         process = run.read_call_json(call.index, "process.json")
+        if process is None:
+            scheduler = run.read_json(_SCHEDULER)
+            if scheduler is None:
+                return CallState("pending", "being launched")
+            if is_alive(scheduler):
+                return CallState("pending", "queued for a free worker")
+            return CallState(
+                "failed",
+                f"the run's scheduler (pid {scheduler['pid']}) ended before starting this call: it was "
+                f"killed, or the machine restarted. Its log: {run.path / 'scheduler.log'}",
+            )
+        pid = str(process["pid"])
         started = run.read_call_json(call.index, "started.json")
         started_at = started["started"] if started else None
-        if process is None:
-            return CallState("pending", "being launched")
         if is_alive(process):
-            if started is None:
-                return CallState("pending", "waiting for a free worker slot")
             return CallState("running", started=started_at)
         return CallState(
             "failed",
-            f"its process (pid {process['pid']}) ended without storing a result: it was killed "
-            "(by a signal, the OOM killer or a reboot) or exited abruptly. `mini logs` shows its output.",
+            f"its process (pid {pid}) ended without storing a result: it was killed (by a signal, the "
+            "OOM killer or a reboot) or exited abruptly. `mini logs` shows its output.",
             started=started_at,
         )
+
+    def backend_id(self, run: RunFolder, call: CallRecord) -> str | None:
+        process = run.read_call_json(call.index, "process.json")
+        return None if process is None else str(process["pid"])
 
     def cancel(self, run: RunFolder, call: CallRecord) -> None:
         process = run.read_call_json(call.index, "process.json")

@@ -60,6 +60,7 @@ class RunRecord:
     calls: tuple[CallRecord, ...]
     settings: dict[str, Any] = field(default_factory=dict)
     launcher: dict[str, Any] = field(default_factory=dict)  # the launching process, for liveness checks
+    launched: float | None = None  # set once the backend has taken every call
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, **asdict(self)}
@@ -121,6 +122,13 @@ class RunFolder:
 
     def write_record(self, record: RunRecord) -> None:
         write_atomically(self.path / _RECORD, json.dumps(record.to_json(), indent=1).encode())
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """A run-level file a backend keeps next to the record (e.g. its scheduler's identity)."""
+        write_atomically(self.path / name, data)
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        return _read_json(self.path / name)
 
     # ----- per call ----------------------------------------------------------------------------------
 
