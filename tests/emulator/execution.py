@@ -34,6 +34,18 @@ class ExecutionPolicy:
     backoff_coefficient: float = 2.0
     max_delay_ms: int = 60_000
 
+    @classmethod
+    def of(cls, definition: api_pb2.Function) -> ExecutionPolicy:
+        """The policy a function was created with."""
+        retry = definition.retry_policy
+        return cls(
+            timeout_secs=definition.timeout_secs or None,
+            retries=retry.retries,
+            initial_delay_ms=retry.initial_delay_ms,
+            backoff_coefficient=retry.backoff_coefficient or 1.0,
+            max_delay_ms=retry.max_delay_ms or 60_000,
+        )
+
     def delay_before(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (1-based)."""
         delay_ms = self.initial_delay_ms * self.backoff_coefficient ** (retry - 1)

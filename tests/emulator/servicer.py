@@ -13,9 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
-import os
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,17 +27,14 @@ from modal.mount import client_mount_name
 from modal_proto import api_pb2
 from modal_proto.api_grpc import ModalClientBase
 
-from mini.image.materialise import Environment, materialise_environment
 from tests.emulator.blobs import BlobStore
-from tests.emulator.calls import FunctionCall, Input, format_entry_id, parse_entry_id
-from tests.emulator.execution import ExecutionPolicy, run_input
-from tests.emulator.images import UnsupportedImageError, describe_layers
-from tests.emulator.recorder import AppRecord, FunctionRecord, ImageRecord, LogLine, MountRecord, Recorder
-from tests.emulator.workers import ContainerPool, ContainerSpec
+from tests.emulator.calls import FunctionCall, format_entry_id, parse_entry_id
+from tests.emulator.functions import EmulatedFunction, FunctionRunner, Provision
+from tests.emulator.image_builds import ImageBuilds, build_result
+from tests.emulator.recorder import AppRecord, FunctionRecord, LogLine, MountRecord, Recorder
+from tests.emulator.workers import LogSink
 
 IMAGE_BUILDER_VERSION = max(version for version in get_args(ImageBuilderVersion) if version != "PREVIEW")
-DEFAULT_MAX_CONTAINERS = 4
-DEFAULT_SCALEDOWN_WINDOW = 60  # seconds, Modal's default
 WORKSPACE = "emulator"
 _STANDALONE_PYTHON = re.compile(r"^python-build-standalone\.\w+\.(\d+\.\d+)\.\d+-gnu$")
 _APP_STATE_NAMES = {
@@ -49,9 +44,6 @@ _APP_STATE_NAMES = {
     api_pb2.APP_STATE_STOPPED: "stopped",
     api_pb2.APP_STATE_INITIALIZING: "initializing",
 }
-# Environment variables a container inherits from the emulator's host; everything else comes from
-# the image's ENV lines and the function's secrets, as on Modal.
-_HOST_VARIABLES = ("PATH", "HOME", "LANG", "TMPDIR", "UV_CACHE_DIR", "XDG_CACHE_HOME")
 
 
 @dataclass
@@ -72,24 +64,6 @@ class _App:
         self.changed.set()
 
 
-@dataclass
-class _Image:
-    commands: list[str]
-    base_id: str
-    context_files: dict[str, bytes]
-    context_mount_id: str
-    client_version: str
-    build: asyncio.Task | None = None
-
-
-@dataclass
-class _Function:
-    record: FunctionRecord
-    definition: api_pb2.Function
-    pool: ContainerPool | None = None
-    starting: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
 class Servicer(ModalClientBase):
     """Control-plane state (apps, images, mounts, functions, calls) and the RPCs over it."""
 
@@ -99,18 +73,17 @@ class Servicer(ModalClientBase):
         self._workdir = workdir
         self._ids = itertools.count(1)
         self._apps: dict[str, _App] = {}
-        self._images: dict[str, _Image] = {}
-        self._image_ids: dict[bytes, str] = {}
-        self._image_records: dict[str, ImageRecord] = {}
+        self._images = ImageBuilds(recorder)
         self._files: dict[str, bytes] = {}
         self._mount_files: dict[str, dict[str, str]] = {}
-        self._standalone_pythons: dict[str, str] = {}
-        self._functions: dict[str, _Function] = {}
+        self._functions: dict[str, EmulatedFunction] = {}
+        self._runner = FunctionRunner(
+            images=self._images, blobs=blobs, recorder=recorder, workdir=workdir, provision=self._provision
+        )
         self._calls: dict[str, FunctionCall] = {}
         self._secrets: dict[str, dict[str, str]] = {}
         self._secret_names: dict[str, str] = {}
         self._volume_names: dict[str, str] = {}
-        self._stopping: set[asyncio.Task] = set()
 
     def _new_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids)}"
@@ -118,10 +91,8 @@ class Servicer(ModalClientBase):
     async def shutdown(self) -> None:
         """Stop every input and container (the emulator is going away)."""
         for call in self._calls.values():
-            self._cancel(call)
-        await asyncio.gather(
-            *self._stopping, *(fn.pool.shutdown() for fn in self._functions.values() if fn.pool)
-        )
+            self._runner.cancel(call)
+        await self._runner.shutdown(list(self._functions.values()))
 
     # --- client and environment ---
 
@@ -181,13 +152,9 @@ class Servicer(ModalClientBase):
             # An ephemeral app dies with its client: its inputs are stopped, its containers go away.
             for call in self._calls.values():
                 if call.function_id in app.function_ids:
-                    self._cancel(call)
+                    self._runner.cancel(call)
             for function_id in app.function_ids:
-                pool = self._functions[function_id].pool
-                if pool is not None:
-                    stopping = asyncio.create_task(pool.shutdown())
-                    self._stopping.add(stopping)
-                    stopping.add_done_callback(self._stopping.discard)
+                self._runner.stop_containers(self._functions[function_id])
             app.record.states.append("stopped")
         app.finish()
         await stream.send_message(Empty())
@@ -287,7 +254,7 @@ class Servicer(ModalClientBase):
         files = {} if lookup else {file.filename: file.sha256_hex for file in request.files}
         mount_id = self._new_id("mo")
         if lookup and standalone:
-            self._standalone_pythons[mount_id] = standalone.group(1)
+            self._images.add_standalone_python(mount_id, standalone.group(1))
         self._mount_files[mount_id] = files
         self.recorder.mounts[mount_id] = MountRecord(
             mount_id=mount_id, name=request.deployment_name, files=dict(files)
@@ -304,94 +271,45 @@ class Servicer(ModalClientBase):
 
     async def ImageGetOrCreate(self, stream: Stream) -> None:
         request: api_pb2.ImageGetOrCreateRequest = await stream.recv_message()
-        key = request.image.SerializeToString(deterministic=True)
-        image_id = self._image_ids.get(key)
-        if image_id is None:
-            image_id = self._new_id("im")
-            self._image_ids[key] = image_id
-            self._images[image_id] = _Image(
-                commands=list(request.image.dockerfile_commands),
-                base_id=request.image.base_images[0].image_id if request.image.base_images else "",
-                context_files={file.filename: file.data for file in request.image.context_files},
-                context_mount_id=request.image.context_mount_id,
-                client_version=stream.metadata.get("x-modal-client-version", ""),
-            )
-        image = self._images[image_id]
-        metadata = api_pb2.ImageMetadata(image_builder_version=request.builder_version)
-        result = None
-        if image.build is not None and image.build.done():
-            result = _build_result(image.build)
+        client_version = stream.metadata.get("x-modal-client-version", "")
+        image_id = self._images.get_or_create(
+            request.image, client_version=client_version, new_id=lambda: self._new_id("im")
+        )
         await stream.send_message(
-            api_pb2.ImageGetOrCreateResponse(image_id=image_id, result=result, metadata=metadata)
+            api_pb2.ImageGetOrCreateResponse(
+                image_id=image_id,
+                result=self._images.finished_result(image_id),
+                metadata=api_pb2.ImageMetadata(image_builder_version=request.builder_version),
+            )
         )
 
     async def ImageJoinStreaming(self, stream: Stream) -> None:
         request: api_pb2.ImageJoinStreamingRequest = await stream.recv_message()
-        image = self._images.get(request.image_id)
-        if image is None:
+        if request.image_id not in self._images:
             raise GRPCError(Status.NOT_FOUND, f"Image {request.image_id} not found")
-        build = self._start_build(request.image_id)
+        build = self._images.start(request.image_id)
+        record = self._images.record(request.image_id)
         if not build.done() and not request.last_entry_id:
-            record = self._image_records[request.image_id]
             line = f"Building a Python {record.python_version} environment with {len(record.pins)} pins\n"
             info = api_pb2.TaskLogs(data=line, file_descriptor=api_pb2.FILE_DESCRIPTOR_INFO)
             await stream.send_message(api_pb2.ImageJoinStreamingResponse(task_logs=[info], entry_id="1"))
         done, _ = await asyncio.wait([build], timeout=request.timeout or None)
         if not done:
             return  # the client asks again, as with Modal's long builds
-        dropped = self._image_records[request.image_id].dropped
-        note = f"No GPU here: left out GPU-only wheels {', '.join(dropped)}\n"
-        notes = [api_pb2.TaskLogs(data=note, file_descriptor=api_pb2.FILE_DESCRIPTOR_INFO)] if dropped else []
+        note = f"No GPU here: left out GPU-only wheels {', '.join(record.dropped)}\n"
+        notes = (
+            [api_pb2.TaskLogs(data=note, file_descriptor=api_pb2.FILE_DESCRIPTOR_INFO)]
+            if record.dropped
+            else []
+        )
         await stream.send_message(
             api_pb2.ImageJoinStreamingResponse(
                 task_logs=notes,
-                result=_build_result(build),
+                result=build_result(build),
                 metadata=api_pb2.ImageMetadata(image_builder_version=IMAGE_BUILDER_VERSION),
                 eof=True,
             )
         )
-
-    def _start_build(self, image_id: str) -> asyncio.Task:
-        image = self._images[image_id]
-        if image.build is None:
-            record = self._describe_image(image_id)
-            self._image_records[image_id] = record
-            self.recorder.images[image_id] = record
-            image.build = asyncio.create_task(self._build(record, image.client_version))
-        return image.build
-
-    def _describe_image(self, image_id: str) -> ImageRecord:
-        chain: list[_Image] = []
-        current = image_id
-        while current:
-            chain.insert(0, self._images[current])
-            current = self._images[current].base_id
-        context_files = {path: data for image in chain for path, data in image.context_files.items()}
-        commands = [image.commands for image in chain]
-        added_python = next(
-            (
-                self._standalone_pythons[i.context_mount_id]
-                for i in chain
-                if i.context_mount_id in self._standalone_pythons
-            ),
-            None,
-        )
-        try:
-            description = describe_layers(commands, context_files, added_python=added_python)
-        except UnsupportedImageError as exc:
-            return ImageRecord(image_id, commands, None, [], {}, build_error=str(exc))
-        return ImageRecord(image_id, commands, description.python_version, description.pins, description.env)
-
-    async def _build(self, record: ImageRecord, client_version: str) -> Environment | None:
-        # An image without Python (a bare registry image) builds on Modal too; only a container
-        # started from it fails, so that is where the emulator reports `build_error`.
-        if record.python_version is None:
-            return None
-        # Real Modal makes its client library available in every container; here it is a pin.
-        requirements = [*record.pins, f"modal=={client_version}"]
-        environment = await asyncio.to_thread(materialise_environment, record.python_version, requirements)
-        record.dropped = list(environment.dropped)
-        return environment
 
     # --- functions ---
 
@@ -421,7 +339,7 @@ class Servicer(ModalClientBase):
         definition = ranked[0]
         function_id = request.existing_function_id or self._new_id("fu")
         record = self._function_record(function_id, request.app_id, definition, ranked)
-        self._functions[function_id] = _Function(record=record, definition=definition)
+        self._functions[function_id] = EmulatedFunction(record=record, definition=definition)
         self._app(request.app_id).function_ids.add(function_id)
         self.recorder.functions[function_id] = record
         function_data = api_pb2.FunctionData(
@@ -549,10 +467,10 @@ class Servicer(ModalClientBase):
 
     async def FunctionCallCancel(self, stream: Stream) -> None:
         request: api_pb2.FunctionCallCancelRequest = await stream.recv_message()
-        self._cancel(self._call(request.function_call_id))
+        self._runner.cancel(self._call(request.function_call_id))
         await stream.send_message(Empty())
 
-    def _function(self, function_id: str) -> _Function:
+    def _function(self, function_id: str) -> EmulatedFunction:
         if function_id not in self._functions:
             raise GRPCError(Status.NOT_FOUND, f"Function {function_id} not found")
         return self._functions[function_id]
@@ -563,93 +481,31 @@ class Servicer(ModalClientBase):
         return self._calls[function_call_id]
 
     def _put_input(
-        self, function: _Function, call: FunctionCall, put: api_pb2.FunctionPutInputsItem
+        self, function: EmulatedFunction, call: FunctionCall, put: api_pb2.FunctionPutInputsItem
     ) -> api_pb2.FunctionPutInputsResponseItem:
         if put.input.WhichOneof("args_oneof") == "args_blob_id":
             args = self._blobs.get(put.input.args_blob_id)
         else:
             args = put.input.args
-        item = call.add_input(idx=put.idx, args=args, data_format=put.input.data_format)
-        item.task = asyncio.create_task(self._run(function, call, item))
-        # A task cancelled before it first runs never enters `_run`, so its output is recorded here.
-        item.task.add_done_callback(lambda task: _record_cancellation(task, call, item))
+        item = self._runner.put_input(
+            function, call, idx=put.idx, args=args, data_format=put.input.data_format
+        )
         return api_pb2.FunctionPutInputsResponseItem(
             idx=put.idx, input_id=item.input_id, input_jwt=item.input_id
         )
 
-    def _cancel(self, call: FunctionCall) -> None:
-        call.cancelled = True
-        for item in call.inputs:
-            if not item.done and item.task is not None:
-                item.task.cancel()
-
-    async def _run(self, function: _Function, call: FunctionCall, item: Input) -> None:
-        try:
-            pool = await self._pool(function)
-            definition = function.definition
-            policy = ExecutionPolicy(
-                timeout_secs=definition.timeout_secs or None,
-                retries=definition.retry_policy.retries,
-                initial_delay_ms=definition.retry_policy.initial_delay_ms,
-                backoff_coefficient=definition.retry_policy.backoff_coefficient or 1.0,
-                max_delay_ms=definition.retry_policy.max_delay_ms or 60_000,
-            )
-            output = await run_input(
-                pool,
-                call,
-                item,
-                policy=policy,
-                blobs=self._blobs,
-                count_attempt=lambda: self.recorder.attempts.update([item.input_id]),
-            )
-            function.record.peak_running = max(function.record.peak_running, pool.peak_running)
-        except Exception as exc:  # noqa: BLE001 - any emulator-side failure becomes the input's failure
-            output = _failed_output(
-                item, api_pb2.GenericResult.GENERIC_STATUS_FAILURE, f"{type(exc).__name__}: {exc}"
-            )
-        call.add_output(item, output)
-
-    async def _pool(self, function: _Function) -> ContainerPool:
-        async with function.starting:
-            if function.pool is None:
-                environment = await self._start_build(function.definition.image_id)
-                if environment is None:
-                    raise RuntimeError(self._image_records[function.definition.image_id].build_error)
-                function.pool = ContainerPool(
-                    spec=self._container_spec(function, environment),
-                    max_containers=function.record.max_containers or DEFAULT_MAX_CONTAINERS,
-                    scaledown_window=_scaledown_window(function.definition),
-                    on_log=self._log_sink(function),
-                )
-            return function.pool
-
-    def _container_spec(self, function: _Function, environment: Environment) -> ContainerSpec:
-        filesystem = self._workdir / "functions" / function.record.function_id
-        shutil.rmtree(filesystem, ignore_errors=True)
-        for mount_id in function.record.mount_ids:
-            for filename, digest in self._mount_files.get(mount_id, {}).items():
-                target = filesystem / filename.lstrip("/")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(self._files[digest])
-        root = filesystem / "root"
-        root.mkdir(parents=True, exist_ok=True)
-        env = {name: os.environ[name] for name in _HOST_VARIABLES if name in os.environ}
-        env.update(self._image_records[function.definition.image_id].env)
+    def _provision(self, function: EmulatedFunction) -> Provision:
+        files = {
+            filename: self._files[digest]
+            for mount_id in function.record.mount_ids
+            for filename, digest in self._mount_files.get(mount_id, {}).items()
+        }
+        secret_env: dict[str, str] = {}
         for secret_id in function.definition.secret_ids:
-            env.update(self._secrets.get(secret_id, {}))
-        definition = function.definition
-        return ContainerSpec(
-            python=environment.python,
-            workdir=root,
-            env=env,
-            definition={
-                "function_serialized": definition.function_serialized,
-                "module_name": definition.module_name,
-                "function_name": definition.implementation_name or definition.function_name,
-            },
-        )
+            secret_env.update(self._secrets.get(secret_id, {}))
+        return Provision(files=files, secret_env=secret_env, on_log=self._log_sink(function))
 
-    def _log_sink(self, function: _Function) -> Callable[[str, str], None]:
+    def _log_sink(self, function: EmulatedFunction) -> LogSink:
         app = self._apps[function.record.app_id]
         descriptors = {"stdout": api_pb2.FILE_DESCRIPTOR_STDOUT, "stderr": api_pb2.FILE_DESCRIPTOR_STDERR}
 
@@ -663,33 +519,6 @@ class Servicer(ModalClientBase):
             )
 
         return sink
-
-
-def _build_result(build: asyncio.Task) -> api_pb2.GenericResult:
-    if build.cancelled() or build.exception() is not None:
-        error = "cancelled" if build.cancelled() else str(build.exception())
-        return api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE, exception=error)
-    return api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS)
-
-
-def _scaledown_window(definition: api_pb2.Function) -> float:
-    window = definition.autoscaler_settings.scaledown_window or definition.task_idle_timeout_secs
-    return float(window or DEFAULT_SCALEDOWN_WINDOW)
-
-
-def _record_cancellation(task: asyncio.Task, call: FunctionCall, item: Input) -> None:
-    if task.cancelled():
-        status = api_pb2.GenericResult.GENERIC_STATUS_TERMINATED
-        call.add_output(item, _failed_output(item, status, "Input was cancelled"))
-
-
-def _failed_output(item: Input, status: Any, message: str) -> api_pb2.FunctionGetOutputsItem:
-    return api_pb2.FunctionGetOutputsItem(
-        input_id=item.input_id,
-        idx=item.idx,
-        result=api_pb2.GenericResult(status=status, exception=message),
-        data_format=item.data_format,
-    )
 
 
 def _unimplemented(name: str) -> Callable[[Servicer, Stream], Any]:
