@@ -25,15 +25,18 @@ if TYPE_CHECKING:
     )
     from mini.local.apparatus import LocalApparatus
     from mini.options import Options
+    from mini.runs import Job, Run
 
 __all__ = [
     "Apparatus",
     "CallTimeoutError",
+    "Job",
     "LocalApparatus",
     "MiniError",
     "OptionError",
     "Options",
     "RemoteError",
+    "Run",
     "SerializationError",
     "WorkerCrashed",
 ]
@@ -42,6 +45,8 @@ _WHERE = {
     "Apparatus": "mini.apparatus",
     "LocalApparatus": "mini.local.apparatus",
     "Options": "mini.options",
+    "Job": "mini.runs",
+    "Run": "mini.runs",
     "CallTimeoutError": "mini.errors",
     "MiniError": "mini.errors",
     "OptionError": "mini.errors",
