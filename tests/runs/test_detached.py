@@ -204,3 +204,27 @@ def test_a_launch_interrupted_before_handing_calls_over_is_failed(project):
     run = Run.open(folder.name)
     assert run.status() == "failed"
     assert "launching process ended before it handed this call over" in run[0].state().detail
+
+
+def test_arguments_that_cannot_be_pickled_fail_before_anything_is_recorded(app, project):
+    import threading
+
+    from mini import SerializationError
+
+    with pytest.raises(SerializationError, match="argument 'x' .* cannot be pickled"):
+        app.spawn_map(functions.square, [1, threading.Lock()])
+    assert not (project / ".mini" / "runs").exists() or not any((project / ".mini" / "runs").iterdir())
+
+
+def test_a_backend_without_detached_runs_says_so(project):
+    from mini.apparatus import Apparatus
+
+    class Inline(Apparatus):
+        async def _open_dispatch(self, fn, fn_blob):
+            raise AssertionError("not used")
+
+        def close(self) -> None:
+            pass
+
+    with pytest.raises(NotImplementedError, match="Inline cannot launch detached runs"):
+        Inline("inline").spawn(functions.square, 2)
