@@ -146,10 +146,14 @@ def _local_tables(local: dict[str, Any], closures: dict[str, Any] | None) -> lis
             for n in _COLUMNS
         ]
         lines.append("| e) lambda / closure defined in `__main__` | | " + " | ".join(cells) + " |")
-    serial = local["gil_bound"].get("serial_seconds")
+    gil = local["gil_bound"]
+    work, serial = gil["calibrated_seconds"], gil["serial_seconds"]
+    busy = f": other processes left this run about {work / serial:.0%} of a core, so speedups are unreliable"
+    busy = busy if work / serial < 0.9 else ""
     lines += [
         "",
-        f"Serial time of (c): {serial:.2f} s. Serial rows of (d) are the work alone (no transport).",
+        f"(c) ran {work:.2f} s of calibrated work in {serial:.2f} s serially{busy}."
+        " The serial rows of (d) are the work alone (summing, allocating).",
         "",
     ]
     lines += ["## mini against each competitor (above 1×: mini is better)", ""]
