@@ -34,16 +34,25 @@ from tests.emulator.servicer import Servicer
 TOKEN_ID = "ak-emulator"
 TOKEN_SECRET = "as-emulator"
 # What real Modal answers a token it does not know with (status UNAUTHENTICATED -> AuthError).
+# Clients heartbeat every 15 s; an ephemeral app that misses four in a row has lost its client.
+APP_HEARTBEAT_TIMEOUT = 60.0
 INVALID_TOKEN_MESSAGE = "Token ID or secret is invalid. Run `modal token new` to create a new token."
 
 
 class Emulator:
     """A running emulator. `url` is what MODAL_SERVER_URL must be; `recorder` holds what it saw."""
 
-    def __init__(self, *, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+        heartbeat_timeout: float = APP_HEARTBEAT_TIMEOUT,
+    ) -> None:
         self.recorder = Recorder()
         self.port = port
         self._ssl = ssl_context
+        self._heartbeat_timeout = heartbeat_timeout
         self._workdir = Path(tempfile.mkdtemp(prefix="modal-emulator-"))
         self._config_path = self._workdir / "modal.toml"
         self._config_path.write_text("")
@@ -130,7 +139,9 @@ class Emulator:
             started.set_exception(exc)
             raise
         started.set_result(None)
+        expiry = asyncio.create_task(self._servicer.expire_silent_apps(self._heartbeat_timeout))
         await self._stopped.wait()
+        expiry.cancel()
         await self._servicer.shutdown()
         server.close()
         await server.wait_closed()
@@ -154,13 +165,20 @@ def _drop_cached_client() -> None:
 
 
 @contextlib.contextmanager
-def run_emulator(*, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> Iterator[Emulator]:
+def run_emulator(
+    *,
+    port: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
+    heartbeat_timeout: float = APP_HEARTBEAT_TIMEOUT,
+) -> Iterator[Emulator]:
     """Start an emulator for the block (a free port unless `port` is given; TLS if `ssl_context`).
+
+    An ephemeral app whose client sends no heartbeat for `heartbeat_timeout` seconds is stopped.
 
     with run_emulator() as emulator, emulator.client_environment():
         ...
     """
-    emulator = Emulator(port=port, ssl_context=ssl_context)
+    emulator = Emulator(port=port, ssl_context=ssl_context, heartbeat_timeout=heartbeat_timeout)
     emulator.start()
     try:
         yield emulator

@@ -53,6 +53,7 @@ class _App:
     done: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     function_ids: set[str] = field(default_factory=set)
+    last_heartbeat: float = 0.0
 
     def add_log(self, batch: api_pb2.TaskLogsBatch) -> None:
         batch.entry_id = str(len(self.logs) + 1)
@@ -126,7 +127,7 @@ class Servicer(ModalClientBase):
         app_id = self._new_id("ap")
         record = AppRecord(app_id=app_id, description=request.description)
         record.states.append(_APP_STATE_NAMES.get(request.app_state, str(request.app_state)))
-        self._apps[app_id] = _App(record=record)
+        self._apps[app_id] = _App(record=record, last_heartbeat=asyncio.get_running_loop().time())
         self.recorder.apps[app_id] = record
         url = f"http://emulator.invalid/apps/{app_id}"
         await stream.send_message(
@@ -142,22 +143,37 @@ class Servicer(ModalClientBase):
 
     async def AppHeartbeat(self, stream: Stream) -> None:
         request: api_pb2.AppHeartbeatRequest = await stream.recv_message()
-        self._app(request.app_id)
+        self._app(request.app_id).last_heartbeat = asyncio.get_running_loop().time()
         await stream.send_message(Empty())
 
     async def AppClientDisconnect(self, stream: Stream) -> None:
         request: api_pb2.AppClientDisconnectRequest = await stream.recv_message()
         app = self._app(request.app_id)
         if app.record.states[-1] != "detached":
-            # An ephemeral app dies with its client: its inputs are stopped, its containers go away.
-            for call in self._calls.values():
-                if call.function_id in app.function_ids:
-                    self._runner.cancel(call)
-            for function_id in app.function_ids:
-                self._runner.stop_containers(self._functions[function_id])
-            app.record.states.append("stopped")
+            self._stop(app)
         app.finish()
         await stream.send_message(Empty())
+
+    async def expire_silent_apps(self, timeout: float) -> None:
+        """Stop ephemeral apps whose client sent no heartbeat for `timeout` seconds (it died or hung),
+        as Modal does; runs until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(timeout / 4)
+            for app in list(self._apps.values()):
+                ephemeral = app.record.states[-1] in ("ephemeral", "initializing") and not app.done
+                if ephemeral and loop.time() - app.last_heartbeat > timeout:
+                    self._stop(app)
+                    app.finish()
+
+    def _stop(self, app: _App) -> None:
+        # An ephemeral app dies with its client: its inputs are stopped, its containers go away.
+        for call in self._calls.values():
+            if call.function_id in app.function_ids:
+                self._runner.cancel(call)
+        for function_id in app.function_ids:
+            self._runner.stop_containers(self._functions[function_id])
+        app.record.states.append("stopped")
 
     async def AppGetLogs(self, stream: Stream) -> None:
         request: api_pb2.AppGetLogsRequest = await stream.recv_message()

@@ -265,3 +265,19 @@ def _process_exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_an_app_whose_client_stops_heartbeating_is_stopped(tmp_path):
+    app = modal.App("emulator-silent-client")
+    waits = _wait_for_file(app, "silent_waits")
+    # Modal's client heartbeats every 15 s, so with a 1 s limit the app looks abandoned at once.
+    with run_emulator(heartbeat_timeout=1) as emulator, emulator.client_environment():
+        running = app.run()
+        running.__enter__()
+        try:
+            call = waits.spawn(str(tmp_path / "never"))
+            with pytest.raises(modal.exception.RemoteError, match="cancelled"):
+                call.get(timeout=30)
+            assert emulator.recorder.apps[app.app_id].states[-1] == "stopped"
+        finally:
+            running.__exit__(None, None, None)
