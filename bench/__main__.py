@@ -7,6 +7,7 @@ import argparse
 import datetime
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -77,7 +78,23 @@ def _meta(quick: bool) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "quick": quick,
         "load_before": _load(),
+        "mini_commit": _commit(),
     }
+
+
+def _commit() -> str:
+    """The commit measured, marked when `src/` differs from it (other work in progress in this checkout)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        )
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "src"], cwd=root, capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    return head.stdout.strip() + (" with uncommitted changes in src/" if changes.stdout.strip() else "")
 
 
 def _load() -> str:

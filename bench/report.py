@@ -98,13 +98,14 @@ def write(results: dict[str, Any], folder: Path) -> tuple[Path, Path]:
 def markdown(results: dict[str, Any]) -> str:
     """The results as Markdown tables, for humans and the closing note."""
     meta = results["meta"]
+    quick = ", **quick smoke run: figures are meaningless**" if meta["quick"] else ""
     lines = [
         "# mini benchmarks",
         "",
-        f"{meta['date']}, Python {meta['python']}, {meta['cpus']} CPUs (load average {meta['load_before']} "
-        f"before, {meta['load_after']} after), {meta['seconds']:.0f} s in all"
-        + (", **quick smoke run: figures are meaningless**" if meta["quick"] else "")
-        + ". Medians of interleaved rounds: compare ratios within this run, not absolute times across runs.",
+        f"{meta['date']}, mini {meta['mini_commit']}, Python {meta['python']}, {meta['cpus']} CPUs "
+        f"(load average {meta['load_before']} before, {meta['load_after']} after), "
+        f"{meta['seconds']:.0f} s in all{quick}. "
+        "Medians of interleaved rounds: compare ratios within this run, not absolute times across runs.",
         "",
     ]
     if "local" in results:
