@@ -158,6 +158,17 @@ def test_blob_transfers_trust_the_system_ca_only_with_the_fix(
     assert result.returncode == (0 if mode == "fixed" else 1)
 
 
+# `modal ...` as installed, but connecting once instead of retrying for a minute.
+BARE_MODAL_CLI = """
+import sys
+import modal._utils.async_utils
+modal._utils.async_utils.RETRY_N_ATTEMPTS_OVERRIDE = 1
+from modal.__main__ import main
+sys.argv[0] = "modal"
+main()
+"""
+
+
 def test_bin_modal_trusts_the_system_ca_where_modal_does_not(
     tls_emulator: TlsEmulator, tmp_path: Path
 ) -> None:
@@ -165,7 +176,7 @@ def test_bin_modal_trusts_the_system_ca_where_modal_does_not(
     config = tmp_path / "modal.toml"
     arguments = ["token", "set", "--token-id", "ak-emulator", "--token-secret", "as-emulator"]
     env = tls_emulator.environment(tmp_path, MODAL_PROFILE="emulator", MODAL_CONFIG_PATH=str(config))
-    bare = run_python(["-m", "modal", *arguments], env)
+    bare = run_python(["-c", BARE_MODAL_CLI, *arguments], env)
     assert bare.returncode != 0
     assert "Could not connect" in bare.stdout + bare.stderr
     wrapped = subprocess.run(
