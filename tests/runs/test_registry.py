@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mini.runs import RunNotFound
+from mini.runs import RunError, RunNotFound
 from mini.runs.processes import identify, is_alive
 from mini.runs.registry import (
     CallRecord,
@@ -157,6 +157,13 @@ def test_a_folder_without_a_record_is_reported_damaged(project):
     assert list_runs(project) == [], "a run whose launch has not written its record is not listed"
     with pytest.raises(RunNotFound, match="no record in it"):
         open_run(folder.id, project).record()
+
+
+def test_a_record_edited_into_nonsense_gets_a_clear_error(project):
+    folder = new_run_folder(project)
+    (folder.path / "run.json").write_text('{"format": 1, "id": ')
+    with pytest.raises(RunError, match="cannot be read"):
+        folder.record()
 
 
 def test_write_atomically_replaces_whole_files(tmp_path):

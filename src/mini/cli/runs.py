@@ -74,7 +74,7 @@ def _ls(args: argparse.Namespace) -> int:
         the_run: Run[Any] = Run(folder)
         try:
             record = the_run.record
-        except (RunError, ValueError) as error:
+        except RunError as error:
             rows.append([folder.id, "damaged", "", "", str(error)[:60], ""])
             continue
         if args.app and record.backend != args.app:
@@ -96,7 +96,10 @@ def _ls(args: argparse.Namespace) -> int:
             break
     if not rows:
         where = root / ".mini" / "runs"
-        print(f"no runs recorded in {where} yet; start one with app.spawn_map or `mini run --detach`.")
+        if args.app and list_runs(root):
+            print(f"no runs on the {args.app} backend in {where}; `mini ls` shows every run.")
+        else:
+            print(f"no runs recorded in {where} yet; start one with app.spawn_map or `mini run --detach`.")
         return 0
     print(_table(["RUN", "STATUS", "SETTLED", "APP", "FUNCTION", "LAUNCHED"], rows))
     return 0

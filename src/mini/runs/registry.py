@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mini.runs.errors import RunNotFound
+from mini.runs.errors import RunError, RunNotFound
 
 if TYPE_CHECKING:
     from mini.serialization import Outcome
@@ -112,13 +112,20 @@ class RunFolder:
     # ----- the record --------------------------------------------------------------------------------
 
     def record(self) -> RunRecord:
-        data = _read_json(self.path / _RECORD)
-        if data is None:
-            raise RunNotFound(
-                f"run {self.id} has a folder ({self.path}) but no record in it: its launch was interrupted "
-                "or the entry was partly deleted. Remove the folder."
-            )
-        return RunRecord.from_json(data)
+        path = self.path / _RECORD
+        try:
+            data = _read_json(path)
+            if data is None:
+                raise RunNotFound(
+                    f"run {self.id} has a folder ({self.path}) but no record in it: its launch was "
+                    "interrupted or the entry was partly deleted. Remove the folder."
+                )
+            return RunRecord.from_json(data)
+        except (ValueError, TypeError, KeyError) as error:
+            raise RunError(
+                f"the record of run {self.id} ({path}) cannot be read ({error}): it was edited by hand or "
+                "written by another version of mini."
+            ) from None
 
     def write_record(self, record: RunRecord) -> None:
         write_atomically(self.path / _RECORD, json.dumps(record.to_json(), indent=1).encode())
