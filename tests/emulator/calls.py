@@ -3,7 +3,7 @@
     call = FunctionCall("fc-1", function_id="fu-1", invocation_type=SYNC)
     item = call.add_input(idx=0, args=b"...", data_format=api_pb2.DATA_FORMAT_PICKLE)
     call.add_output(api_pb2.FunctionGetOutputsItem(input_id=item.input_id, idx=0, result=...))
-    outputs, cursor = await call.wait_outputs(after_entry=0, timeout=55)
+    outputs, cursor = await call.wait_outputs(after_entry=0, timeout=55, max_bytes=16 << 20)
 
 Outputs are kept in arrival order; their position (1-based) is the entry id modal's cursor
 (`last_entry_id`, written "N-0" like a Redis stream id) points at.
@@ -60,11 +60,19 @@ class FunctionCall:
         return sum(1 for item in self.inputs if not item.done)
 
     async def wait_outputs(
-        self, *, after_entry: int, timeout: float
+        self, *, after_entry: int, timeout: float, max_bytes: int
     ) -> tuple[list[api_pb2.FunctionGetOutputsItem], int]:
-        """Outputs after cursor `after_entry`, waiting up to `timeout` seconds for at least one."""
+        """Outputs after cursor `after_entry` (about `max_bytes` of them at most, always at least one),
+        waiting up to `timeout` seconds for one; and the cursor after them."""
         await self._wait_until(lambda: len(self.outputs) > after_entry, timeout)
-        return self.outputs[after_entry:], len(self.outputs)
+        page: list[api_pb2.FunctionGetOutputsItem] = []
+        size = 0
+        for output in self.outputs[after_entry:]:
+            if page and size + output.ByteSize() > max_bytes:
+                break
+            page.append(output)
+            size += output.ByteSize()
+        return page, after_entry + len(page)
 
     async def wait_indices(
         self, start: int, end: int, timeout: float

@@ -2,7 +2,7 @@
 
     runner = FunctionRunner(images=builds, blobs=blobs, recorder=recorder, workdir=tmp, provision=...)
     item = runner.put_input(function, call, idx=0, args=payload, data_format=api_pb2.DATA_FORMAT_PICKLE)
-    outputs, _ = await call.wait_outputs(after_entry=0, timeout=55)
+    outputs, _ = await call.wait_outputs(after_entry=0, timeout=55, max_bytes=16 << 20)
 
 A function's containers start with its first input: its image's environment, a folder holding its
 mounted files (the container's `/root`), and the environment variables of its image and secrets.

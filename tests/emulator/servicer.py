@@ -36,6 +36,8 @@ from tests.emulator.workers import LogSink
 
 IMAGE_BUILDER_VERSION = max(version for version in get_args(ImageBuilderVersion) if version != "PREVIEW")
 WORKSPACE = "emulator"
+# Outputs of a map are sent in pages of about this size; the client's cursor fetches the rest.
+MAX_OUTPUTS_BYTES = 16 << 20
 _STANDALONE_PYTHON = re.compile(r"^python-build-standalone\.\w+\.(\d+\.\d+)\.\d+-gnu$")
 _APP_STATE_NAMES = {
     api_pb2.APP_STATE_EPHEMERAL: "ephemeral",
@@ -454,12 +456,14 @@ class Servicer(ModalClientBase):
     async def FunctionGetOutputs(self, stream: Stream) -> None:
         request: api_pb2.FunctionGetOutputsRequest = await stream.recv_message()
         call = self._call(request.function_call_id)
+        cursor = parse_entry_id(request.last_entry_id)
         if request.HasField("start_idx"):
             outputs = await call.wait_indices(request.start_idx, request.end_idx, request.timeout)
-            cursor = parse_entry_id(request.last_entry_id)
+        elif request.clear_on_success:
+            outputs = []  # a map's closing acknowledgement: the client wants nothing more
         else:
             outputs, cursor = await call.wait_outputs(
-                after_entry=parse_entry_id(request.last_entry_id), timeout=request.timeout
+                after_entry=cursor, timeout=request.timeout, max_bytes=MAX_OUTPUTS_BYTES
             )
         await stream.send_message(
             api_pb2.FunctionGetOutputsResponse(
