@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mini import Apparatus, LocalApparatus
 from mini.runs import Run, RunError
 from mini.runs.registry import list_runs
 
@@ -50,3 +51,25 @@ def process_gone(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state in ("Z", "X") or not os.path.exists(f"/proc/{pid}")
+
+
+# Backends whose detached runs the behaviour suite (test_behaviour.py) checks; a backend joins by adding
+# its name here and a branch in `make_detached`.
+DETACHED_BACKENDS = ["local"]
+
+
+def make_detached(backend: str, name: str) -> Apparatus:
+    if backend == "local":
+        return LocalApparatus(name, workers=2)
+    raise ValueError(f"no detached test setup for backend {backend!r}")
+
+
+@pytest.fixture(params=DETACHED_BACKENDS)
+def detached_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def app(detached_backend: str, project: Path) -> Iterator[Apparatus]:
+    with make_detached(detached_backend, "detached") as apparatus:
+        yield apparatus

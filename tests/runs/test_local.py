@@ -1,4 +1,4 @@
-"""Detached local runs for real: launch, outlive the launcher, re-open by id, results, cancel, failures."""
+"""What only the local backend shows: sessions, process groups, pids, the run's scheduler."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from mini import LocalApparatus, WorkerCrashed
-from mini.errors import CallTimeoutError, RemoteTraceback
-from mini.runs import CallCancelled, CallNotFinished, Job, Run
+from mini.runs import CallCancelled, Run
 from tests.runs import functions
 from tests.runs.conftest import process_gone, wait_until
 
@@ -23,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def app(project: Path):
-    with LocalApparatus("detached", workers=2) as apparatus:
+    with LocalApparatus("local-detached", workers=2) as apparatus:
         yield apparatus
 
 
@@ -41,31 +40,13 @@ def in_new_process(code: str, cwd: Path) -> str:
     return out.stdout.strip()
 
 
-def test_spawn_map_runs_every_call_and_records_the_run(app, project):
-    run = app.spawn_map(functions.square, range(5))
-    assert run.results(timeout=60) == [0, 1, 4, 9, 16]
-    assert run.status() == "done" and run.counts()["done"] == 5
-    record = Run.open(run.id).record
-    assert record.backend == "local" and record.apparatus == "detached" and record.kind == "spawn_map"
-    assert record.function == "tests.runs.functions:square"
-    assert [call.args for call in record.calls] == [f"x={i}" for i in range(5)]
-    assert all(job.backend_id and job.backend_id.isdigit() for job in run), "local calls are known by pid"
-    assert record.project_root == str(project) and record.git_commit is None and record.image_hash is None
-    assert "squaring 3" in run[3].logs()
-
-
-def test_a_spawned_call_reopens_by_id_and_reports_its_exception(app):
-    job = app.spawn(functions.fail, "boom")
-    assert job.id.endswith("/0")
-    reopened = Job.open(job.id.split("/")[0])
-    error = reopened.exception(timeout=60)
-    assert isinstance(error, ValueError) and str(error) == "boom"
-    assert (
-        isinstance(error.__cause__, RemoteTraceback) and "raise ValueError(message)" in error.__cause__.text
-    )
-    assert reopened.status() == "failed" and "ValueError: boom" in reopened.state().detail
-    with pytest.raises(ValueError, match="boom"):
-        Job.open(job.id).result()
+def test_local_calls_are_known_by_pid_and_log_to_their_folder(app):
+    run = app.spawn_map(functions.square, range(4))
+    assert run.results(timeout=60) == [0, 1, 4, 9]
+    assert all(job.backend_id.isdigit() for job in run)
+    assert run.record.image_hash is None, "local runs have no image"
+    assert "squaring 3" in run[3].logs() and "squaring 3" not in run[2].logs()
+    assert run.folder.outcome_summary(0)["attempts"] == 1
 
 
 def test_calls_outlive_a_killed_launcher_and_answer_a_new_process(project, tmp_path):
@@ -126,16 +107,6 @@ def test_a_call_whose_process_vanished_is_failed_not_running_forever(app, tmp_pa
         job.result(timeout=0)
 
 
-def test_asking_for_the_result_of_a_running_call_says_so(app, tmp_path):
-    release = tmp_path / "release"
-    job = app.spawn(functions.wait_for_file, str(release))
-    wait_until(lambda: job.status() == "running", what="the call to start")
-    with pytest.raises(CallNotFinished, match="is still running"):
-        job.result(timeout=0)
-    release.touch()
-    assert set(job.result(timeout=60)) == {"pid", "sid"}
-
-
 def test_workers_bound_how_many_calls_run_at_once(project, tmp_path):
     release = tmp_path / "release"
     with LocalApparatus("one-at-a-time", workers=1) as app:
@@ -144,33 +115,6 @@ def test_workers_bound_how_many_calls_run_at_once(project, tmp_path):
         assert run.counts()["pending"] == 2 and run.status() == "running"
         release.touch()
         assert len(run.results(timeout=60)) == 3
-
-
-def test_options_timeout_retries_and_env_apply_to_detached_calls(app, tmp_path):
-    timed_out = app.w(timeout=0.5).spawn(functions.wait_for_file, str(tmp_path / "never"))
-    retried = app.w(retries=1).spawn(functions.fail_first_time, str(tmp_path / "marker"))
-    with_env = app.w(env={"MINI_TEST_VALUE": "42"}).spawn(functions.environment_variable, "MINI_TEST_VALUE")
-    assert isinstance(timed_out.exception(timeout=60), CallTimeoutError)
-    assert retried.result(timeout=60) == "second attempt"
-    assert retried.run.folder.outcome_summary(0)["attempts"] == 2
-    assert with_env.result(timeout=60) == "42"
-
-
-def test_the_record_names_git_commit_and_dirty_state(project):
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    subprocess.run(["git", "add", "pyproject.toml"], cwd=project, check=True)
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=project, check=True
-    )
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout
-    with LocalApparatus("git") as app:
-        clean = app.spawn(functions.square, 2)
-        (project / "new_file.py").write_text("x = 1\n")
-        dirty = app.spawn(functions.square, 3)
-    data = json.loads((clean.run.folder.path / "run.json").read_text())
-    assert data["git_commit"] == head.strip() and data["git_dirty"] is False
-    assert dirty.run.record.git_dirty is True
-    assert clean.result(timeout=60) == 4 and dirty.result(timeout=60) == 9
 
 
 def test_queued_calls_fail_if_the_runs_scheduler_is_killed_while_started_ones_go_on(project, tmp_path):
@@ -204,16 +148,6 @@ def test_a_launch_interrupted_before_handing_calls_over_is_failed(project):
     run = Run.open(folder.name)
     assert run.status() == "failed"
     assert "launching process ended before it handed this call over" in run[0].state().detail
-
-
-def test_arguments_that_cannot_be_pickled_fail_before_anything_is_recorded(app, project):
-    import threading
-
-    from mini import SerializationError
-
-    with pytest.raises(SerializationError, match="argument 'x' .* cannot be pickled"):
-        app.spawn_map(functions.square, [1, threading.Lock()])
-    assert not (project / ".mini" / "runs").exists() or not any((project / ".mini" / "runs").iterdir())
 
 
 def test_a_backend_without_detached_runs_says_so(project):
