@@ -33,9 +33,10 @@ from tests.emulator.servicer import Servicer
 
 TOKEN_ID = "ak-emulator"
 TOKEN_SECRET = "as-emulator"
-# What real Modal answers a token it does not know with (status UNAUTHENTICATED -> AuthError).
 # Clients heartbeat every 15 s; an ephemeral app that misses four in a row has lost its client.
 APP_HEARTBEAT_TIMEOUT = 60.0
+# Modal refuses an unknown token with status UNAUTHENTICATED, which the client raises as AuthError;
+# the wording is the emulator's own.
 INVALID_TOKEN_MESSAGE = "Token ID or secret is invalid. Run `modal token new` to create a new token."
 
 
@@ -120,7 +121,12 @@ class Emulator:
     def add_secret(self, name: str, env: dict[str, str]) -> None:
         """Make `modal.Secret.from_name(name)` resolve to `env` (Modal's named secrets live server-side)."""
         assert self._loop is not None and self._servicer is not None
-        self._loop.call_soon_threadsafe(self._servicer.add_secret, name, env)
+        servicer = self._servicer
+
+        async def add() -> None:
+            servicer.add_secret(name, env)
+
+        asyncio.run_coroutine_threadsafe(add(), self._loop).result(timeout=30)
 
     async def _serve(self, started: Future[None]) -> None:
         try:

@@ -308,7 +308,7 @@ class Servicer(ModalClientBase):
         build = self._images.start(request.image_id)
         record = self._images.record(request.image_id)
         if not build.done() and not request.last_entry_id:
-            line = f"Building a Python {record.python_version} environment with {len(record.pins)} pins\n"
+            line = f"Preparing a Python {record.python_version} environment with {len(record.pins)} pins\n"
             info = api_pb2.TaskLogs(data=line, file_descriptor=api_pb2.FILE_DESCRIPTOR_INFO)
             await stream.send_message(api_pb2.ImageJoinStreamingResponse(task_logs=[info], entry_id="1"))
         done, _ = await asyncio.wait([build], timeout=request.timeout or None)
