@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mini.runs import RunError, RunNotFound
-from mini.runs.processes import identify, is_alive
+from mini.runs.process_identity import identify, is_alive
 from mini.runs.registry import (
     CallRecord,
     RunFolder,

@@ -15,7 +15,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from mini.runs.processes import identify
+from mini.runs.process_identity import identify
 from mini.runs.registry import RunFolder
 
 

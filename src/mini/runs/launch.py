@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mini.runs.handles import Run
-from mini.runs.processes import identify
+from mini.runs.process_identity import identify
 from mini.runs.provenance import function_name, git_state, summarise_arguments
 from mini.runs.registry import CallRecord, RunRecord, new_run_folder, note_launch
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mini.runs.launcher import Launcher, Monitor
-from mini.runs.processes import identify, is_alive
+from mini.runs.process_identity import identify, is_alive
 from mini.runs.state import CallState
 
 if TYPE_CHECKING:
