@@ -1,13 +1,15 @@
 """Run the emulator until interrupted, for a CLI or a benchmark in another process.
 
 python -m tests.emulator --port 50051
-# then, in another shell: export the printed variables and run modal code
+# prints `export MODAL_...=...` lines for a client; on Ctrl-C, one line of RPC counts as JSON:
+# {"rpc_counts": {"AppCreate": 1, ...}}
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shlex
 import threading
 
@@ -23,6 +25,7 @@ def main() -> None:
             print(f"export {name}={shlex.quote(value)}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
+        print(json.dumps({"rpc_counts": dict(emulator.recorder.rpc_counts)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -46,8 +47,8 @@ def test_app_run_costs_are_recorded_by_name(modal_emulator):
     assert rpcs["ImageGetOrCreate"] == 2  # one per layer: debian_slim, then pip_install
 
 
-def test_module_entry_point_serves_until_interrupted():
-    # Its own process group and environment: nothing of this session's client settings leaks in.
+def test_module_entry_point_serves_until_interrupted_then_reports_rpc_counts():
+    # A clean environment: nothing of this session's client settings leaks in.
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.emulator"],
@@ -62,7 +63,9 @@ def test_module_entry_point_serves_until_interrupted():
         modal.Client.verify(exported["MODAL_SERVER_URL"], (TOKEN_ID, TOKEN_SECRET))
     finally:
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 0
+        remaining, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert json.loads(remaining) == {"rpc_counts": {"ClientHello": 1}}
 
 
 def _read_exports(process: subprocess.Popen) -> dict[str, str]:
