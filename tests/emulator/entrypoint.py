@@ -69,8 +69,11 @@ def _call(function, message):
 
 
 def main():
-    requests = sys.stdin.buffer
-    replies = os.fdopen(int(os.environ["MODAL_EMULATOR_REPLY_FD"]), "wb")
+    # The protocol moves off fd 0 so that user code reading stdin finds it empty, not our frames.
+    requests = os.fdopen(os.dup(0), "rb")
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    sys.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the process
+    replies = os.fdopen(int(os.environ.pop("MODAL_EMULATOR_REPLY_FD")), "wb")
     definition = _read_frame(requests)
     try:
         function = _load_function(definition)

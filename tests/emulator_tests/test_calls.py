@@ -57,6 +57,8 @@ def describe_container() -> dict:
     return {
         "pid": os.getpid(),
         "sys_path": sys.path,
+        "stdin": sys.stdin.read(),
+        "environment": sorted(os.environ),
         "six": six.__version__,
         "greeting": emulated_pkg.greet("container"),
     }
@@ -94,6 +96,11 @@ def test_remote_runs_in_a_separate_process_of_the_image(running):
     assert seen["six"] == "1.16.0"
     assert seen["greeting"] == "hello container"
     assert not any("/work/main" in entry or entry.endswith("src") for entry in seen["sys_path"][1:]), seen
+    assert seen["stdin"] == ""
+    # Only the host's basics (PATH, HOME, ...) reach a container, nothing of the test process.
+    assert (
+        "MODAL_TOKEN_SECRET" not in seen["environment"] and "PYTEST_CURRENT_TEST" not in seen["environment"]
+    )
 
 
 def test_remote_returns_the_result(running):
