@@ -22,7 +22,7 @@ from bench.workloads import FULL, QUICK, Sizes
 # report.markdown does not know is listed as key/value lines.
 SECTIONS: list[tuple[str, Callable[[Sizes], dict[str, Any]]]] = [
     ("local", workloads.run),
-    ("closures", closures.run),
+    ("closures", lambda sizes: closures.run()),
     ("memory", memory.run),
     ("image_spec", lambda sizes: image_spec.run()),
 ]

@@ -26,7 +26,7 @@ def shifted_by(offset: int) -> Callable[[int], int]:
     return shifted
 
 
-def run(sizes: object = None) -> dict[str, dict[str, str]]:
+def run() -> dict[str, dict[str, str]]:
     """Per runner, `"ok"` or the error each function raised.
 
     >>> run()["ProcessPool(2)"]["lambda"]

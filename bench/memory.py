@@ -13,15 +13,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.harness import children_peak_rss_mb, peak_rss_mb, rss_mb
+
+if TYPE_CHECKING:
+    from bench.workloads import Sizes
 
 FLAT_MB = 10.0  # growth allowed between the checkpoint and the end before the map counts as unbounded
 _REPOSITORY = Path(__file__).resolve().parents[1]
 
 
-def run(sizes: Any) -> dict[str, dict[str, Any]]:
+def run(sizes: Sizes) -> dict[str, dict[str, Any]]:
     """Per mode: peak RSS at the checkpoint and at the end, growth, and whether it stayed flat.
 
     >>> run(FULL)["process"]["growth_mb"]
