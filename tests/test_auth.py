@@ -94,6 +94,16 @@ def test_check_names_a_dead_proxy(tls_emulator: TlsEmulator, tmp_path: Path, clo
     )
 
 
+def test_check_skips_the_proxy_for_no_proxy_hosts(
+    tls_emulator: TlsEmulator, tmp_path: Path, closed_port: int
+) -> None:
+    env = tls_emulator.environment(
+        tmp_path, HTTPS_PROXY=f"http://127.0.0.1:{closed_port}", NO_PROXY="localhost"
+    )
+    result = check(env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_check_goes_through_the_proxy(tls_emulator: TlsEmulator, tmp_path: Path) -> None:
     with run_connect_proxy() as proxy:
         result = check(tls_emulator.environment(tmp_path, HTTPS_PROXY=proxy.url))

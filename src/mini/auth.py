@@ -115,17 +115,25 @@ def check_token(*, timeout: float = DEFAULT_TIMEOUT) -> TokenCheck:
     ensure_grpc_trusts_system_ca()
     token = configured_token()
     if token is None:
-        return TokenCheck(
-            TokenStatus.MISSING,
-            f"neither MODAL_TOKEN_ID/MODAL_TOKEN_SECRET nor a token in the active profile of {config_path()}",
-            fix="run `./go auth` (with MODAL_TOKEN_ID and MODAL_TOKEN_SECRET set, or for the browser flow)",
-        )
+        return no_token()
     url = server_url()
     reachability = probe_control_plane(url, timeout=timeout)
     failure = reachability.failure
     if failure is not None:
         return TokenCheck(TokenStatus.UNREACHABLE, failure.detail, failure.fix, reachability)
     return verify_token(url, token, timeout=timeout, reachability=reachability)
+
+
+def no_token() -> TokenCheck:
+    """The check's answer when `configured_token()` finds nothing; says where to put a token.
+
+    print(no_token())   # no token: neither MODAL_TOKEN_ID/... nor a token in ... ~/.modal.toml
+    """
+    return TokenCheck(
+        TokenStatus.MISSING,
+        f"neither MODAL_TOKEN_ID/MODAL_TOKEN_SECRET nor a token in the active profile of {config_path()}",
+        fix="run `./go auth` (with MODAL_TOKEN_ID and MODAL_TOKEN_SECRET set, or for the browser flow)",
+    )
 
 
 def verify_token(
