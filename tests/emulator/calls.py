@@ -39,7 +39,6 @@ class FunctionCall:
     invocation_type: int
     inputs: list[Input] = field(default_factory=list)
     outputs: list[api_pb2.FunctionGetOutputsItem] = field(default_factory=list)
-    cancelled: bool = False
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add_input(self, idx: int, args: bytes, data_format: int) -> Input:

@@ -80,7 +80,6 @@ class FunctionRunner:
         return item
 
     def cancel(self, call: FunctionCall) -> None:
-        call.cancelled = True
         for item in call.inputs:
             if not item.done and item.task is not None:
                 item.task.cancel()

@@ -73,6 +73,7 @@ def test_retries_run_a_failing_input_again(modal_emulator, tmp_path):
     with app.run():
         assert flaky.remote(str(tmp_path / "counter")) == 3
     assert modal_emulator.recorder.function("flaky").retries == 2
+    assert 3 in modal_emulator.recorder.attempts.values()
 
 
 def test_without_retries_the_first_failure_is_final(modal_emulator, tmp_path):
