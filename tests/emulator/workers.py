@@ -1,12 +1,13 @@
 """Containers: worker processes of an image's environment, each running one input at a time.
 
-    pool = ContainerPool(spec, max_containers=2, on_log=print)
+    pool = ContainerPool(spec, max_containers=2, scaledown_window=60, on_log=print)
     reply = await pool.run({"args": payload, "data_format": 1}, timeout=60)
     reply["status"]   # "success" (with "data") or "failure" (with the pickled exception and traceback)
     await pool.shutdown()
 
-A container is started on demand (up to `max_containers` at once), is reused by later inputs, and
-is killed when its input times out or is cancelled, as Modal does with a container.
+A container is started on demand (up to `max_containers` at once), is reused by later inputs, stops
+after `scaledown_window` seconds idle, and is killed when its input times out or is cancelled, as
+Modal does with a container.
 """
 
 from __future__ import annotations
