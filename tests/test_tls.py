@@ -255,3 +255,15 @@ def test_combined_bundle_keeps_the_base_and_adds_only_new_certificates() -> None
     assert "# Added by mini from SSL_CERT_FILE" in combined
     assert "platform default" not in combined
     assert combined_bundle(base, [("SSL_CERT_FILE", first)]) is None
+
+
+def test_blob_transfers_through_a_connect_proxy(
+    tls_emulator: TlsEmulator, https_blob_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, ca_file = https_blob_server
+    with run_connect_proxy() as proxy:
+        env = tls_emulator.environment(tmp_path, SSL_CERT_FILE=str(ca_file), HTTPS_PROXY=proxy.url)
+        result = run_python(["-c", BLOB_GET, "fixed", url], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "blob"
+    assert proxy.tunnels == [url.split("/")[2]]
