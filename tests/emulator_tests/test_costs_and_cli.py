@@ -13,7 +13,7 @@ import modal
 
 from tests.emulator import TOKEN_ID, TOKEN_SECRET
 
-image = modal.Image.debian_slim(python_version="3.11").pip_install("six==1.16.0")
+image = modal.Image.debian_slim().pip_install("six==1.16.0")
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 

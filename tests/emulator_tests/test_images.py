@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import modal
 import pytest
 from modal.exception import RemoteError
@@ -9,6 +11,7 @@ from modal.exception import RemoteError
 from mini.image.materialise import gpu_available
 from tests.emulator.images import UnsupportedImageError, describe_layers
 
+LOCAL_SERIES = f"{sys.version_info.major}.{sys.version_info.minor}"
 BASE = ["FROM python:3.12-slim-trixie", "RUN pip install --upgrade pip wheel uv"]
 
 
@@ -55,7 +58,7 @@ def test_uv_pip_install_requirements_file_and_env_reach_the_container(modal_emul
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# pinned\nsix==1.16.0\n")
     image = (
-        modal.Image.debian_slim(python_version="3.11")
+        modal.Image.debian_slim()
         .uv_pip_install(requirements=[str(requirements)])
         .env({"GREETING": "hello from ENV"})
     )
@@ -69,12 +72,12 @@ def test_uv_pip_install_requirements_file_and_env_reach_the_container(modal_emul
 
 
 def test_registry_image_with_added_python(modal_emulator):
-    image = modal.Image.from_registry("ubuntu:22.04", add_python="3.11").pip_install("six==1.16.0")
+    image = modal.Image.from_registry("ubuntu:22.04", add_python=LOCAL_SERIES).pip_install("six==1.16.0")
     app = modal.App("emulator-registry")
     reader = _read_environment(app, image, "registry_reader")
     with app.run():
         assert reader.remote("NOT_SET") == "None six=1.16.0"
-    assert modal_emulator.recorder.image_of("registry_reader").python_version == "3.11"
+    assert modal_emulator.recorder.image_of("registry_reader").python_version == LOCAL_SERIES
 
 
 def test_registry_image_without_python_builds_but_cannot_run_a_function(modal_emulator):
@@ -86,7 +89,7 @@ def test_registry_image_without_python_builds_but_cannot_run_a_function(modal_em
 
 def test_gpu_only_wheels_are_recorded_and_left_out_without_a_gpu(modal_emulator):
     cuda_pin = "nvidia-cublas-cu12==12.4.5.8"
-    image = modal.Image.debian_slim(python_version="3.11").pip_install("six==1.16.0", cuda_pin)
+    image = modal.Image.debian_slim().pip_install("six==1.16.0", cuda_pin)
     app = modal.App("emulator-gpu-only")
     reader = _read_environment(app, image, "gpu_only_reader")
     with app.run():

@@ -15,7 +15,7 @@ from modal.exception import AuthError, FunctionTimeoutError, NotFoundError, Unim
 
 from tests.emulator import run_emulator
 
-image = modal.Image.debian_slim(python_version="3.11").pip_install("six==1.16.0")
+image = modal.Image.debian_slim().pip_install("six==1.16.0")
 
 
 # Functions are built inside helpers so that modal pickles them by value: a module-level function of

@@ -5,11 +5,7 @@ import modal
 import emulated_pkg
 
 app = modal.App("emulated-pkg")
-image = (
-    modal.Image.debian_slim(python_version="3.11")
-    .pip_install("six==1.16.0")
-    .add_local_python_source("emulated_pkg")
-)
+image = modal.Image.debian_slim().pip_install("six==1.16.0").add_local_python_source("emulated_pkg")
 
 
 @app.function(image=image)
