@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mini import _loop
 from mini.tls import TrustStoreError, ensure_grpc_trusts_system_ca
 
 DEFAULT_TIMEOUT = 10.0
@@ -144,7 +145,8 @@ def verify_token(
     from modal.exception import AuthError
 
     try:
-        asyncio.run(asyncio.wait_for(modal.Client.verify.aio(url, token), timeout))
+        # On mini's private loop, so that this works from a notebook's running loop too.
+        _loop.wait(asyncio.wait_for(modal.Client.verify.aio(url, token), timeout))
     except AuthError as error:
         return TokenCheck(
             TokenStatus.REJECTED,
@@ -162,7 +164,7 @@ def verify_token(
 
 def _unanswered(url: str, detail: str, reachability: Reachability | None) -> TokenCheck:
     fix = "retry later; `mini doctor` shows each step"
-    hop = Hop("control plane", False, f"{url} was reached but {detail}", fix)
+    hop = Hop("control plane", False, f"{url}: {detail}", fix)
     hops = (*reachability.hops, hop) if reachability is not None else (hop,)
     proxy = reachability.proxy_url if reachability is not None else None
     return TokenCheck(TokenStatus.UNREACHABLE, hop.detail, hop.fix, Reachability(url, proxy, hops))
