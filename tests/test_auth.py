@@ -79,6 +79,16 @@ def test_check_reports_an_unreachable_control_plane(
     assert "fix:" in result.stdout
 
 
+def test_check_gives_up_on_a_server_that_never_answers(tls_emulator: TlsEmulator, tmp_path: Path) -> None:
+    with socket.socket() as silent:  # the kernel accepts connections; nothing ever answers them
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        result = check(tls_emulator.environment(tmp_path, MODAL_SERVER_URL=url))
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert result.stdout.startswith(f"Modal unreachable (control plane): {url}: no answer to ClientHello")
+
+
 def test_check_names_an_untrusted_certificate(tls_emulator: TlsEmulator, tmp_path: Path) -> None:
     result = check(tls_emulator.environment(tmp_path, SSL_CERT_FILE=None))
     assert result.returncode == 4, result.stdout + result.stderr
