@@ -10,15 +10,13 @@ import pytest
 import tests.behaviour.calls
 from mini import Apparatus, LocalApparatus
 
+pytest_plugins = ["tests.emulator.fixtures"]
+
 # User code in a script or notebook is pickled by value; make the suite's helpers behave the same so
 # that they run where only the shipped sources are importable (isolated workers, Modal containers).
 cloudpickle.register_pickle_by_value(tests.behaviour.calls)
 
-BACKENDS = ["thread", "process", "isolated"]
-
-
-def make_local(mode: str) -> Apparatus:
-    return LocalApparatus(f"suite-{mode}", workers=2, mode=mode)
+BACKENDS = ["thread", "process", "isolated", "modal"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -27,8 +25,14 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def app(backend: str) -> Iterator[Apparatus]:
-    apparatus = make_local(backend)
+def app(backend: str, request: pytest.FixtureRequest) -> Iterator[Apparatus]:
+    if backend == "modal":
+        from mini import ModalApparatus
+
+        request.getfixturevalue("modal_emulator")
+        apparatus: Apparatus = ModalApparatus("suite-modal", max_containers=2)
+    else:
+        apparatus = LocalApparatus(f"suite-{backend}", workers=2, mode=backend)
     try:
         yield apparatus
     finally:

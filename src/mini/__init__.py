@@ -18,12 +18,14 @@ if TYPE_CHECKING:
     from mini.errors import (
         CallTimeoutError,
         MiniError,
+        ModalAuthError,
         OptionError,
         RemoteError,
         SerializationError,
         WorkerCrashed,
     )
     from mini.local.apparatus import LocalApparatus
+    from mini.modal_backend import ModalApparatus
     from mini.options import Options
     from mini.runs import Job, Run
 
@@ -33,6 +35,8 @@ __all__ = [
     "Job",
     "LocalApparatus",
     "MiniError",
+    "ModalApparatus",
+    "ModalAuthError",
     "OptionError",
     "Options",
     "RemoteError",
@@ -44,6 +48,8 @@ __all__ = [
 _WHERE = {
     "Apparatus": "mini.apparatus",
     "LocalApparatus": "mini.local.apparatus",
+    "ModalApparatus": "mini.modal_backend",
+    "ModalAuthError": "mini.errors",
     "Options": "mini.options",
     "Job": "mini.runs",
     "Run": "mini.runs",

@@ -285,6 +285,7 @@ class _MapRun:
         self._dispatch: Dispatch | None = None
         self._counter = itertools.count()
         self._exhausted = False
+        self._finished = False
         self._submitted = 0
         self._consumed = 0
         self._failed = 0
@@ -334,6 +335,9 @@ class _MapRun:
         if calls:
             self._submitted += len(calls)
             self._dispatch.submit(calls)
+        if self._exhausted and not self._finished:
+            self._finished = True
+            self._dispatch.finish()
 
     def _settle(self, outcome: Outcome) -> None:
         index = outcome.index

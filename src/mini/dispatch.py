@@ -27,6 +27,9 @@ class Dispatch(ABC):
     def submit(self, calls: Sequence[Call]) -> None:
         """Hand calls over without waiting; their outcomes arrive through `outcomes`."""
 
+    def finish(self) -> None:  # noqa: B027 - only streaming backends need to hear it
+        """No more calls will be submitted (a streaming backend can end its input stream)."""
+
     @abstractmethod
     async def outcomes(self) -> list[Outcome]:
         """Wait for at least one outcome and return every outcome ready now."""

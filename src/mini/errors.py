@@ -47,3 +47,7 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n\nRemote traceback:\n" + self.text
+
+
+class ModalAuthError(MiniError):
+    """Modal refused or found no token."""

@@ -3,8 +3,6 @@
 import sys
 from pathlib import Path
 
-from tests.emulator.fixtures import modal_emulator  # noqa: F401
-
 # `Image.add_local_python_source("emulated_pkg")` finds the package through sys.path, as it would in a
 # user's project; it lives beside the tests so that it is not importable by accident anywhere else.
 sys.path.insert(0, str(Path(__file__).parent / "shipped"))

@@ -1,0 +1,160 @@
+"""`ModalApparatus`: run calls on Modal, building the image from the project's locked dependencies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from mini import _loop
+from mini.apparatus import Apparatus
+from mini.dispatch import Dispatch
+from mini.errors import ModalAuthError
+from mini.modal_backend import options as modal_options
+from mini.modal_backend.dispatch import ModalDispatch
+from mini.options import Options
+
+_WINDOW = 512
+
+
+class ModalApparatus(Apparatus):
+    """Runs calls in Modal containers, on GPUs if asked. Experiment code never imports `modal`.
+
+    >>> app = ModalApparatus("sweep").w(gpu="A100", timeout=3600)
+    >>> losses = list(app.map(train, configs))
+
+    Nothing touches the network or builds anything until the first call: then the image spec is derived
+    (Python version, frozen pins including the `cuda` group, `src/` packages mounted at start), the image is
+    built or found by its content hash, and an ephemeral app is opened. It is reused by later calls of this
+    apparatus and its `.w()` variants, and stopped by `close()` or at interpreter exit.
+
+    Options: gpu, cpu, memory, timeout (default 1 hour), retries (default 0), secrets, env, volumes,
+    max_containers (default 10), region, image (your own `modal.Image`; the sources are still added),
+    startup_timeout (client side: how long to wait for a first result), progress.
+    """
+
+    def __init__(self, name: str = "mini", **options: Any) -> None:
+        super().__init__(name, Options().merged(options))
+        self._check_options()
+        self._session = _Session(name)
+
+    def _check_options(self) -> None:
+        modal_options.check(self.options)
+
+    def _retries_handled_by_backend(self) -> bool:
+        return True
+
+    async def _open_dispatch(self, fn: Callable[..., Any], fn_blob: bytes) -> Dispatch:
+        name = function_name(fn, fn_blob, self.options)
+        function = await self._session.function_for(name, fn_blob, self.options)
+        startup = self.options.startup_timeout or modal_options.DEFAULT_STARTUP_TIMEOUT
+        return ModalDispatch(
+            function, window=_WINDOW, startup_timeout=startup, abandon=lambda: self._session.stop(name)
+        )
+
+    def close(self) -> None:
+        if _loop.in_loop_thread():
+            asyncio.ensure_future(self._session.aclose())
+        else:
+            _loop.wait(self._session.aclose())
+
+
+class _Session:
+    """What an apparatus and its variants share: the image spec, images, and the running apps."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._spec: Any = None
+        self._images: dict[int, Any] = {}
+        # One ephemeral app per function (a running app cannot gain functions), each with its exit stack.
+        self._running: dict[str, tuple[Any, contextlib.AsyncExitStack]] = {}
+        self._lock: asyncio.Lock | None = None
+
+    async def function_for(self, name: str, fn_blob: bytes, options: Options) -> Any:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if name not in self._running:
+                stack = contextlib.AsyncExitStack()
+                try:
+                    function = await self._start(name, fn_blob, options, stack)
+                except BaseException:
+                    await stack.aclose()
+                    raise
+                self._running[name] = (function, stack)
+            return self._running[name][0]
+
+    async def stop(self, name: str) -> None:
+        """Stop the app running `name`, killing its containers; the next call starts it afresh."""
+        entry = self._running.pop(name, None)
+        if entry is not None:
+            await entry[1].aclose()
+
+    async def _start(
+        self, name: str, fn_blob: bytes, options: Options, stack: contextlib.AsyncExitStack
+    ) -> Any:
+        from mini.tls import ensure_grpc_trusts_system_ca
+
+        ensure_grpc_trusts_system_ca()  # before modal opens its first connection
+        import modal
+
+        from mini.image import record_dispatched_spec
+        from mini.modal_backend.entry import bind
+        from mini.modal_backend.image import build_image
+
+        if self._spec is None:
+            from mini.image import derive_image_spec
+
+            self._spec = await asyncio.get_running_loop().run_in_executor(None, derive_image_spec)
+        spec = self._spec
+        key = id(options.image)
+        if key not in self._images:
+            self._images[key] = build_image(spec, options.image)
+        arguments = modal_options.function_arguments(options)
+        if options.timeout:
+            arguments["timeout"] = max(1, math.ceil(options.timeout))
+        app = modal.App(f"mini-{self._name}")
+        function = app.function(
+            name=name, serialized=True, image=self._images[key], include_source=False, **arguments
+        )(bind(fn_blob))
+        try:
+            if options.progress:
+                await stack.enter_async_context(_output())
+            await stack.enter_async_context(app.run.aio())
+        except modal.exception.AuthError as error:
+            raise ModalAuthError(
+                f"Modal authentication failed ({error}). Run `./go auth` to store a token, "
+                "or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET."
+            ) from None
+        record_dispatched_spec(spec)
+        if options.progress is None and sys.stderr.isatty():  # progress=True shows Modal's own output
+            cached = " (cached spec)" if spec.cached else ""
+            summary = f"image {spec.image_hash[:6]}{cached}, sources {spec.source_hash[:6]}, function {name}"
+            print(f"mini: {summary}", file=sys.stderr)
+        return function
+
+    async def aclose(self) -> None:
+        for name in list(self._running):
+            await self.stop(name)
+
+
+@contextlib.asynccontextmanager
+async def _output():
+    import modal
+
+    with modal.enable_output():
+        yield
+
+
+def function_name(fn: Callable[..., Any], fn_blob: bytes, options: Options) -> str:
+    """`train-3fa2c1`: readable on the dashboard, and distinct per function body and options, since Modal
+    lets a later function of the same name replace an earlier one."""
+    base = getattr(fn, "__name__", "call")
+    base = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-") or "call"
+    digest = hashlib.sha256(fn_blob + repr(sorted(options.as_dict().items())).encode()).hexdigest()[:6]
+    return f"{base[:40]}-{digest}"

@@ -1,0 +1,156 @@
+"""What only the Modal backend has: the image it asks for, the options it sends, its RPC costs, its errors.
+
+Everything runs through the public API against the local control-plane emulator (`tests/emulator`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mini import ModalApparatus, ModalAuthError, OptionError
+from mini.image import derive_image_spec
+from tests.behaviour import calls
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def app(modal_emulator):
+    with ModalApparatus("modal-tests") as apparatus:
+        yield apparatus
+
+
+def test_the_image_holds_exactly_the_frozen_pins_and_python_version(app, modal_emulator):
+    assert app.run(calls.square, 3) == 9
+    function = next(f for f in modal_emulator.recorder.functions.values() if f.name.startswith("square-"))
+    image = modal_emulator.recorder.image_of(function.name)
+    spec = derive_image_spec()
+    assert image.python_version == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert sorted(image.pins) == sorted(spec.requirements)
+    assert any(pin.startswith("jax-cuda12-plugin") for pin in image.pins)  # the cuda group is shipped
+    assert not any(pin.startswith(("pytest", "matplotlib")) for pin in image.pins)  # dev and local are not
+
+
+def test_the_mount_holds_every_src_package_and_nothing_from_tests(app, modal_emulator):
+    app.run(calls.square, 2)
+    name = next(f.name for f in modal_emulator.recorder.functions.values() if f.name.startswith("square-"))
+    files = modal_emulator.recorder.mounted_files(name)
+    roots = {path.split("/")[2] for path in files if path.startswith("/root/")}
+    assert {"mini", "experiment"} <= roots
+    assert "/root/mini/modal_backend/entry.py" in files
+    assert not any("/tests/" in path or path.startswith("/root/tests") for path in files)
+
+
+def test_options_reach_function_create_under_a_readable_name(app, modal_emulator):
+    assert app.w(gpu="A100", timeout=600, max_containers=3, retries=1).run(calls.add, 1, 2) == 3
+    created = [f for f in modal_emulator.recorder.functions.values() if f.name.startswith("add-")]
+    function = created[-1]
+    assert function.gpus == [("A100", 1)]
+    assert function.timeout_secs == 600 and function.max_containers == 3 and function.retries == 1
+    assert len(function.name) == len("add-") + 6
+
+
+def test_defaults_suit_research_work(app, modal_emulator):
+    app.run(calls.square, 1)
+    function = [f for f in modal_emulator.recorder.functions.values() if f.name.startswith("square-")][-1]
+    assert function.timeout_secs == 3600 and function.retries == 0 and function.max_containers == 10
+
+
+def test_a_map_of_100_inputs_is_one_map_call_not_100_round_trips(app, modal_emulator):
+    app.run(calls.square, 0)  # start the app and a container outside the count
+    with modal_emulator.recorder.counting() as rpcs:
+        assert list(app.map(calls.square, range(100))) == [i * i for i in range(100)]
+    # Inputs go up in batches; outputs come back by long polls whose count depends on timing.
+    assert rpcs["FunctionMap"] == 1
+    assert rpcs["FunctionPutInputs"] <= 20
+    assert rpcs["FunctionGetOutputs"] <= 100
+
+
+def test_lambdas_closures_and_example_package_functions_run(app):
+    from experiment.config import TrainConfig
+    from experiment.train import train
+
+    scale = 3
+    assert app.run(lambda x: x * scale, 2) == 6
+    result = app.run(train, TrainConfig(learning_rate=0.05, hidden=8, steps=20))
+    assert result["device"].startswith("cpu") and len(result["losses"]) == 20
+
+
+def test_importing_an_unshipped_module_fails_clearly(app):
+    def needs_tests_package():
+        import tests.behaviour.calls  # noqa: F401  (tests/ is not shipped)
+
+    with pytest.raises(ModuleNotFoundError, match="tests"):
+        app.run(needs_tests_package)
+
+
+def test_ten_mebibyte_argument_and_result_round_trip(app):
+    blob = os.urandom(10 * 2**20)
+    assert app.run(lambda b: b[::-1], blob) == blob[::-1]
+
+
+def test_a_call_that_never_finishes_fails_after_startup_timeout(app):
+    with pytest.raises(TimeoutError, match="startup_timeout=2s"):
+        app.w(startup_timeout=2).run(calls.sleep_for, 120)
+
+
+def test_invalid_values_fail_before_anything_is_sent(modal_emulator):
+    before = sum(modal_emulator.recorder.rpc_counts.values())
+    with pytest.raises(OptionError, match="unknown GPU 'A1000'"):
+        ModalApparatus("x").w(gpu="A1000")
+    with pytest.raises(OptionError):
+        ModalApparatus("x", timeout=-5)
+    assert sum(modal_emulator.recorder.rpc_counts.values()) == before
+
+
+def test_a_rejected_token_says_how_to_fix_it(modal_emulator):
+    with (
+        modal_emulator.client_environment(token_secret="wrong"),
+        ModalApparatus("bad-token") as app,
+        pytest.raises(ModalAuthError, match=r"\./go auth"),
+    ):
+        app.run(calls.square, 1)
+
+
+def test_constructing_and_read_only_verbs_need_no_server(tmp_path):
+    script = textwrap.dedent(
+        """
+        import sys
+        from mini import ModalApparatus
+        app = ModalApparatus("offline").w(gpu="H100:2", timeout=60)
+        print(repr(app), "modal" in sys.modules)
+        """
+    )
+    env = {
+        **os.environ,
+        "MODAL_SERVER_URL": "http://127.0.0.1:9",
+        "MODAL_CONFIG_PATH": str(tmp_path / "none.toml"),
+    }
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "gpu='H100:2'" in out.stdout and out.stdout.strip().endswith("False")
+    image = subprocess.run(
+        [str(ROOT / "bin" / "mini"), "image", "--json"], env=env, capture_output=True, text=True
+    )
+    assert image.returncode == 0 and '"image_hash"' in image.stdout
+
+
+def test_the_cli_runs_the_same_experiment_on_modal(modal_emulator, tmp_path):
+    experiment = tmp_path / "exp.py"
+    experiment.write_text("def main(app):\n    return list(app.map(lambda x: x + 1, range(3)))\n")
+    env = {**os.environ, **modal_emulator.client_variables()}
+    out = subprocess.run(
+        [str(ROOT / "bin" / "mini"), "run", str(experiment), "--app", "modal", "--gpu", "A100", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().replace("\n", "").replace(" ", "") == "[1,2,3]"
