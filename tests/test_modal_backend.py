@@ -68,7 +68,7 @@ def test_a_map_of_100_inputs_is_one_map_call_not_100_round_trips(app, modal_emul
         assert list(app.map(calls.square, range(100))) == [i * i for i in range(100)]
     # Inputs go up in batches; outputs come back by long polls whose count depends on timing.
     assert rpcs["FunctionMap"] == 1
-    assert rpcs["FunctionPutInputs"] <= 20
+    assert rpcs["FunctionPutInputs"] <= 50  # batched: a loaded machine splits batches, never one per input
     assert rpcs["FunctionGetOutputs"] <= 100
 
 

@@ -58,7 +58,9 @@ def first_waits_for_second(x: int, folder: str) -> int:
 
 def mark_and_block(x: int, folder: str) -> int:
     """Record that call x started (with the pid running it), then block until released."""
-    Path(folder, f"started-{x}").write_text(str(os.getpid()))
+    # Written then renamed: a worker killed mid-write must not leave an empty marker behind.
+    Path(folder, f".started-{x}").write_text(str(os.getpid()))
+    os.replace(Path(folder, f".started-{x}"), Path(folder, f"started-{x}"))
     wait_for(os.path.join(folder, "release"))
     Path(folder, f"finished-{x}").touch()
     return x
