@@ -7,8 +7,11 @@ class MiniError(Exception):
     """Base class of mini's own errors."""
 
 
-class OptionError(MiniError, ValueError):
-    """An unknown or invalid option was given to an apparatus (see `Apparatus.w`)."""
+class OptionError(MiniError, ValueError, TypeError):
+    """An unknown or invalid option was given to an apparatus (see `Apparatus.w`).
+
+    Both a `TypeError` (an unknown name, like an unexpected keyword argument) and a `ValueError` (a bad value).
+    """
 
 
 class SerializationError(MiniError, TypeError):
