@@ -8,11 +8,14 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import cloudpickle
 import pytest
 
 from mini import Apparatus, LocalApparatus
+from mini.image.uv_command import run_uv
 from mini.runs import Run, RunError
 from mini.runs.registry import list_runs
+from tests.runs import functions
 
 
 @pytest.fixture
@@ -55,17 +58,43 @@ def process_gone(pid: int) -> bool:
 
 # Backends whose detached runs the behaviour suite (test_behaviour.py) checks; a backend joins by adding
 # its name here and a branch in `make_detached`.
-DETACHED_BACKENDS = ["local"]
+DETACHED_BACKENDS = ["local", "modal"]
 
 
 def make_detached(backend: str, name: str) -> Apparatus:
     if backend == "local":
         return LocalApparatus(name, workers=2)
+    if backend == "modal":
+        from mini import ModalApparatus
+
+        return ModalApparatus(name, max_containers=2)
     raise ValueError(f"no detached test setup for backend {backend!r}")
+
+
+@pytest.fixture
+def modal_project(project: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """`project`, made shippable to Modal (through the emulator): a source package, the one dependency
+    mini needs in a container (cloudpickle) locked in uv.lock, and `tests.runs.functions` pickled by value,
+    as a project's own code would ship, since the tests folder is not in the image."""
+    request.getfixturevalue("modal_emulator")
+    with (project / "pyproject.toml").open("a") as pyproject:
+        pyproject.write('requires-python = ">=3.10"\ndependencies = ["cloudpickle>=3.1"]\n')
+    (project / "src" / "demo").mkdir(parents=True)
+    (project / "src" / "demo" / "__init__.py").write_text("")
+    run_uv(["lock", "--offline"], cwd=project, what="lock the test project")
+    # Ignored in git, so that the project's git state (test_the_record_names_git_commit) is the test's own.
+    (project / ".gitignore").write_text("/.gitignore\n/uv.lock\n/src/\n")
+    cloudpickle.register_pickle_by_value(functions)
+    try:
+        yield project
+    finally:
+        cloudpickle.unregister_pickle_by_value(functions)
 
 
 @pytest.fixture(params=DETACHED_BACKENDS)
 def detached_backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "modal":
+        request.getfixturevalue("modal_project")
     return request.param
 
 

@@ -9,7 +9,7 @@ import math
 import re
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mini import _loop
 from mini.apparatus import Apparatus
@@ -18,6 +18,10 @@ from mini.errors import ModalAuthError
 from mini.modal_backend import options as modal_options
 from mini.modal_backend.dispatch import ModalDispatch
 from mini.options import Options
+
+if TYPE_CHECKING:
+    from mini.image import ImageSpec
+    from mini.runs.launcher import Launcher
 
 _WINDOW = 512
 
@@ -57,6 +61,11 @@ class ModalApparatus(Apparatus):
             function, window=_WINDOW, startup_timeout=startup, abandon=lambda: self._session.stop(name)
         )
 
+    def _detached_launcher(self) -> Launcher:
+        from mini.modal_backend.runs import ModalLauncher
+
+        return ModalLauncher(self._session, self.name, self.options)
+
     def close(self) -> None:
         if _loop.in_loop_thread():
             asyncio.ensure_future(self._session.aclose())
@@ -95,23 +104,26 @@ class _Session:
         if entry is not None:
             await entry[1].aclose()
 
-    async def _start(
-        self, name: str, fn_blob: bytes, options: Options, stack: contextlib.AsyncExitStack
-    ) -> Any:
+    async def image_spec(self) -> ImageSpec:
+        """The project's image spec, derived once per session (it may run `uv`, so off the loop)."""
+        if self._spec is None:
+            from mini.image import derive_image_spec
+
+            self._spec = await asyncio.get_running_loop().run_in_executor(None, derive_image_spec)
+        return self._spec
+
+    async def new_app(self, name: str, fn_blob: bytes, options: Options) -> tuple[Any, Any]:
+        """A `modal.App` (not running yet) whose one function, `name`, runs `fn_blob` in this session's
+        image under `options`; returns the app and the function."""
         from mini.tls import ensure_grpc_trusts_system_ca
 
         ensure_grpc_trusts_system_ca()  # before modal opens its first connection
         import modal
 
-        from mini.image import record_dispatched_spec
         from mini.modal_backend.entry import bind
         from mini.modal_backend.image import build_image
 
-        if self._spec is None:
-            from mini.image import derive_image_spec
-
-            self._spec = await asyncio.get_running_loop().run_in_executor(None, derive_image_spec)
-        spec = self._spec
+        spec = await self.image_spec()
         key = id(options.image)
         if key not in self._images:
             self._images[key] = build_image(spec, options.image)
@@ -122,25 +134,45 @@ class _Session:
         function = app.function(
             name=name, serialized=True, image=self._images[key], include_source=False, **arguments
         )(bind(fn_blob))
-        try:
-            if options.progress:
-                await stack.enter_async_context(_output())
-            await stack.enter_async_context(app.run.aio())
-        except modal.exception.AuthError as error:
-            raise ModalAuthError(
-                f"Modal authentication failed ({error}). Run `./go auth` to store a token, "
-                "or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET."
-            ) from None
+        return app, function
+
+    async def _start(
+        self, name: str, fn_blob: bytes, options: Options, stack: contextlib.AsyncExitStack
+    ) -> Any:
+        app, function = await self.new_app(name, fn_blob, options)
+        await run_app(app, options, stack)
+        self.announce(name, options)
+        return function
+
+    def announce(self, name: str, options: Options) -> None:
+        """Note that the session's spec was dispatched, and say so in one line on a terminal."""
+        from mini.image import record_dispatched_spec
+
+        spec = self._spec
         record_dispatched_spec(spec)
         if options.progress is None and sys.stderr.isatty():  # progress=True shows Modal's own output
             cached = " (cached spec)" if spec.cached else ""
             summary = f"image {spec.image_hash[:6]}{cached}, sources {spec.source_hash[:6]}, function {name}"
             print(f"mini: {summary}", file=sys.stderr)
-        return function
 
     async def aclose(self) -> None:
         for name in list(self._running):
             await self.stop(name)
+
+
+async def run_app(app: Any, options: Options, stack: contextlib.AsyncExitStack, detach: bool = False) -> None:
+    """Start `app` inside `stack` (stopped, or left running if `detach`, when the stack closes)."""
+    import modal
+
+    try:
+        if options.progress:
+            await stack.enter_async_context(_output())
+        await stack.enter_async_context(app.run.aio(detach=detach))
+    except modal.exception.AuthError as error:
+        raise ModalAuthError(
+            f"Modal authentication failed ({error}). Run `./go auth` to store a token, "
+            "or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET."
+        ) from None
 
 
 @contextlib.asynccontextmanager
@@ -154,7 +186,11 @@ async def _output():
 def function_name(fn: Callable[..., Any], fn_blob: bytes, options: Options) -> str:
     """`train-3fa2c1`: readable on the dashboard, and distinct per function body and options, since Modal
     lets a later function of the same name replace an earlier one."""
-    base = getattr(fn, "__name__", "call")
+    return readable_name(getattr(fn, "__name__", "call"), fn_blob, options)
+
+
+def readable_name(base: str, fn_blob: bytes, options: Options) -> str:
+    """`function_name` from the function's name alone (a detached launch has only the pickled function)."""
     base = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-") or "call"
     digest = hashlib.sha256(fn_blob + repr(sorted(options.as_dict().items())).encode()).hexdigest()[:6]
     return f"{base[:40]}-{digest}"

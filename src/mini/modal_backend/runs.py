@@ -1,0 +1,207 @@
+"""Detached runs on Modal: calls spawned in a detached app, looked up later by their function-call ids.
+
+`ModalLauncher` lives in the process that calls `spawn`/`spawn_map`: it builds the image as any dispatch
+does, starts a detached app holding the generic entry, spawns one Modal function call per mini call, and
+disconnects; the app and its calls go on without this process. `ModalMonitor` is loaded later, in any
+process on the checkout, from the run record alone: it looks calls up by id, never builds or creates
+anything, and stores an outcome in the run folder as soon as it sees one, since Modal keeps results for
+7 days only.
+
+>>> run = ModalApparatus("sweep").w(gpu="A100").spawn_map(train, configs)   # returns once all are spawned
+>>> Run.open(run.id).status()                                               # later, from any shell
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from mini import _loop
+from mini.modal_backend.apparatus import readable_name, run_app
+from mini.modal_backend.dispatch import _platform_error
+from mini.modal_backend.entry import CallFailed
+from mini.modal_backend.options import DEFAULT_MAX_CONTAINERS, DEFAULT_TIMEOUT
+from mini.runs.errors import RunError
+from mini.runs.launcher import Launcher, Monitor
+from mini.runs.state import CallState
+
+if TYPE_CHECKING:
+    from mini.modal_backend.apparatus import _Session
+    from mini.options import Options
+    from mini.runs.registry import CallRecord, RunFolder
+    from mini.serialization import Call
+
+_APP_FILE = "modal.json"  # the run's detached app and function, for people looking for its logs
+_SPAWNS_IN_FLIGHT = 32  # spawn RPCs at once: a large sweep is handed over quickly without a burst of 1000
+
+
+class ModalLauncher(Launcher):
+    """Spawns a run's calls in a detached Modal app of their own, which outlives this process.
+
+    >>> launcher = ModalApparatus("sweep").w(gpu="A100")._detached_launcher()
+    """
+
+    backend = "modal"
+    monitor = "mini.modal_backend.runs:ModalMonitor"
+
+    def __init__(self, session: _Session, name: str, options: Options) -> None:
+        self._session = session
+        self._name = name
+        self._options = options
+
+    def settings(self) -> dict[str, Any]:
+        options = self._options
+        return {
+            "app": f"mini-{self._name}",
+            "gpu": options.gpu,
+            "cpu": options.cpu,
+            "memory": options.memory,
+            "region": options.region,
+            "timeout": options.timeout or DEFAULT_TIMEOUT,
+            "retries": options.retries or 0,
+            "max_containers": options.max_containers or DEFAULT_MAX_CONTAINERS,
+        }
+
+    def image_hash(self) -> str | None:
+        if self._options.image is not None:
+            return None  # the user's own image: the spec's hash would not describe it
+        return _loop.wait(self._session.image_spec()).image_hash
+
+    def launch(self, run: RunFolder, fn_blob: bytes, calls: Sequence[Call]) -> list[str | None]:
+        return _loop.wait(self._launch(run, fn_blob, calls))
+
+    async def _launch(self, run: RunFolder, fn_blob: bytes, calls: Sequence[Call]) -> list[str | None]:
+        # The record names the function `module:qualname`; the dashboard shows its last part, as for a map.
+        base = run.record().function.rpartition(":")[2].rpartition(".")[2]
+        name = readable_name(base, fn_blob, self._options)
+        app, function = await self._session.new_app(name, fn_blob, self._options)
+        async with contextlib.AsyncExitStack() as stack:
+            await run_app(app, self._options, stack, detach=True)
+            self._session.announce(name, self._options)
+            run.write_file(_APP_FILE, json.dumps({"app_id": app.app_id, "function": name}).encode())
+            spawned = await _spawn_all(function, calls)
+        # Leaving the block disconnects this client; a detached app keeps running until its calls end.
+        return [call.object_id for call in spawned]
+
+
+async def _spawn_all(function: Any, calls: Sequence[Call]) -> list[Any]:
+    """Spawn every call, a bounded number at once; if one spawn fails, cancel those already spawned, so
+    that a failed launch leaves nothing running."""
+    limit = asyncio.Semaphore(_SPAWNS_IN_FLIGHT)
+
+    async def spawn(call: Call) -> Any:
+        async with limit:
+            return await function.spawn.aio(call.index, call.payload)
+
+    tasks = [asyncio.ensure_future(spawn(call)) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        spawned = [task.result() for task in tasks if not task.cancelled() and task.exception() is None]
+        await asyncio.gather(*(call.cancel.aio() for call in spawned), return_exceptions=True)
+        raise
+
+
+class ModalMonitor(Monitor):
+    """Answers for a Modal run's calls by their function-call ids: one status request per question.
+
+    Modal does not say whether a call it holds is queued or running, so an unfinished call is `running`
+    from the moment it was spawned.
+    """
+
+    def state(self, run: RunFolder, call: CallRecord) -> CallState:
+        if call.backend_id is None:
+            return CallState("pending", "being handed over to Modal")
+        return _loop.wait(self._state(run, call, call.backend_id))
+
+    async def _state(self, run: RunFolder, call: CallRecord, call_id: str) -> CallState:
+        from modal.exception import ExecutionError, FunctionTimeoutError, InternalFailure, OutputExpiredError
+        from modal.exception import RemoteError as ModalRemoteError
+
+        from mini.serialization import Outcome, encode_error
+
+        try:
+            async with _asking_modal(call_id):
+                _, data = await _function_call(call_id).get.aio(timeout=0)
+        except CallFailed as failed:  # the user's exception, encoded by the entry with its traceback
+            outcome = Outcome(call.index, False, failed.error)
+        except (FunctionTimeoutError, ModalRemoteError, ExecutionError, InternalFailure) as error:
+            # the platform's failures: a timeout, a crashed container, a cancel from Modal's side
+            outcome = Outcome(call.index, False, encode_error(_platform_error(call.index, error)))
+        except OutputExpiredError:
+            return CallState(
+                "failed",
+                "Modal no longer holds its result (it keeps results for 7 days) and mini had not fetched it",
+            )
+        except TimeoutError:  # Python's own, not Modal's: no output yet
+            return CallState("running", "on Modal, queued or running")
+        else:
+            outcome = Outcome(call.index, True, data)
+        run.store_outcome(call.index, outcome)
+        summary = run.outcome_summary(call.index) or {}
+        return CallState(
+            "done" if outcome.ok else "failed", summary.get("error") or "", finished=summary.get("finished")
+        )
+
+    def cancel(self, run: RunFolder, call: CallRecord) -> None:
+        # Without an id the call was never spawned, or its launcher cancels it (see `_spawn_all`).
+        if call.backend_id is not None:
+            _loop.wait(self._cancel(call.backend_id))
+
+    async def _cancel(self, call_id: str) -> None:
+        async with _asking_modal(call_id):
+            await _function_call(call_id).cancel.aio()
+
+    def logs(self, run: RunFolder, call: CallRecord) -> str:
+        where = run.read_json(_APP_FILE) or {}
+        app_id = where.get("app_id", "?")
+        text = (
+            f"logs: see the Modal dashboard. mini keeps no copy of what Modal calls print; this is call "
+            f"{call.backend_id or '(not spawned)'} of function {where.get('function', '?')} in app {app_id}. "
+            f"From a shell: `modal app logs {app_id}`.\n"
+        )
+        summary = run.outcome_summary(call.index)
+        if summary is not None and not summary["ok"]:
+            from mini.serialization import decode_error
+
+            error = decode_error(run.load_outcome(call.index).data)
+            text += getattr(error.__cause__, "text", "") or f"{summary['error']}\n"
+        return text
+
+
+def _function_call(call_id: str) -> Any:
+    from mini.tls import ensure_grpc_trusts_system_ca
+
+    ensure_grpc_trusts_system_ca()  # before modal opens its first connection
+    import modal
+
+    return modal.FunctionCall.from_id(call_id)
+
+
+@contextlib.asynccontextmanager
+async def _asking_modal(call_id: str) -> AsyncIterator[None]:
+    """Turn Modal's errors about reaching or knowing a call into one clear `RunError`."""
+    import modal
+
+    try:
+        yield
+    except modal.exception.AuthError as error:
+        raise RunError(
+            f"Modal authentication failed ({error}). Run `./go auth` to store a token, "
+            "or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET."
+        ) from None
+    except modal.exception.NotFoundError as error:
+        raise RunError(
+            f"Modal does not know function call {call_id} ({error}): the run was launched with another "
+            "Modal workspace or environment; use that one's token."
+        ) from None
+    except modal.exception.ConnectionError as error:
+        raise RunError(
+            f"cannot reach Modal to ask about call {call_id} ({error}); try again later."
+        ) from None
