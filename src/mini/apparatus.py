@@ -56,6 +56,10 @@ class Apparatus(ABC):
     def _retries_handled_by_backend(self) -> bool:
         return False
 
+    def _takes_buffers(self) -> bool:
+        """Whether this backend's dispatch carries `Call.buffers` (large buffers pickled out-of-band)."""
+        return False
+
     def _detached_launcher(self) -> Launcher:
         """The `mini.runs.Launcher` that starts this backend's detached calls (`spawn`, `spawn_map`)."""
         raise NotImplementedError(
@@ -281,7 +285,7 @@ class _MapRun:
         self._ordered = ordered
         self._progress_enabled = progress
         self._progress: Progress | None = None
-        self._encoder = ArgumentEncoder(fn)
+        self._encoder = ArgumentEncoder(fn, out_of_band=apparatus._takes_buffers())
         self._dispatch: Dispatch | None = None
         self._counter = itertools.count()
         self._exhausted = False
@@ -342,7 +346,7 @@ class _MapRun:
     def _settle(self, outcome: Outcome) -> None:
         index = outcome.index
         if outcome.ok:
-            value = loads(outcome.data)  # type: ignore[arg-type]
+            value = loads(outcome.data, buffers=outcome.buffers)  # type: ignore[arg-type]
             self._done += 1
         else:
             attempt = self._attempts.get(index, 0)

@@ -2,6 +2,9 @@
 
 Functions, arguments and results always go through cloudpickle, even in threads, so that a local run
 behaves like a remote one (a callee's mutation is never seen by the caller).
+
+Backends that can move large buffers themselves (the local ones) ask for them out-of-band (pickle protocol
+5): a 100 MB array then travels as one buffer next to a small pickle instead of being copied into it.
 """
 
 from __future__ import annotations
@@ -9,8 +12,9 @@ from __future__ import annotations
 import inspect
 import io
 import pickle
+import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,52 +23,105 @@ import cloudpickle
 from mini.errors import RemoteError, RemoteTraceback, SerializationError
 
 PROTOCOL = 5
+# Smaller buffers stay inside the pickle: a separate frame costs more than copying them.
+OUT_OF_BAND_BYTES = 1 << 16
+
+Buffer = Any  # a writable, contiguous buffer of bytes (a bytearray, or a uint8 NumPy array)
 
 
 @dataclass(slots=True)
 class Call:
-    """One invocation: its position in the map and its pickled `(args, kwargs)`."""
+    """One invocation: its position in the map and its pickled `(args, kwargs)`, whose large buffers may
+    travel out-of-band in `buffers` (snapshots owned by the call, see `ArgumentEncoder`)."""
 
     index: int
     payload: bytes
+    buffers: Sequence[Buffer] = ()
 
 
 @dataclass(slots=True)
 class Outcome:
-    """What became of a call: `ok` with a pickled result, or not `ok` with a pickled or local error."""
+    """What became of a call: `ok` with a pickled result (its large buffers in `buffers`), or not `ok`
+    with a pickled or local error."""
 
     index: int
     ok: bool
     data: bytes | BaseException
+    buffers: Sequence[Buffer] = ()
 
 
 def dumps(obj: Any) -> bytes:
     return cloudpickle.dumps(obj, protocol=PROTOCOL)
 
 
-def dump_result(obj: Any) -> bytes:
+def dump_result(obj: Any, buffers: list[Buffer] | None = None, copy: bool = False) -> bytes:
+    """Pickle a result; with a `buffers` list, large buffers go there instead (copied if `copy`)."""
+    callback = None if buffers is None else _BufferCollector(buffers, copy)
     # Plain pickle is several times faster for ordinary data, and it refuses (rather than mis-pickles)
     # what it cannot find by reference, such as a class unpickled by value; cloudpickle handles those.
     try:
-        return pickle.dumps(obj, protocol=PROTOCOL)
+        return pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
     except Exception:
-        return dumps(obj)
+        if buffers:
+            buffers.clear()
+        return cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
 
 
 loads = pickle.loads
+
+
+def fresh_buffer(size: int) -> Buffer:
+    """Uninitialised memory for `size` bytes that an unpickled array can own.
+
+    NumPy's allocator asks for huge pages, so filling 100 MB of it costs a fraction of the page faults a
+    bytearray takes; NumPy is only used when the process has imported it already (it then owns the arrays).
+    """
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        return numpy.empty(size, dtype=numpy.uint8)
+    return bytearray(size)
+
+
+def copied(raw: memoryview) -> Buffer:
+    """A private copy of a buffer, so that neither side sees the other's later writes."""
+    copy = fresh_buffer(raw.nbytes)
+    memoryview(copy)[:] = raw
+    return copy
+
+
+class _BufferCollector:
+    """A pickle `buffer_callback`: keeps large buffers out-of-band in `into`, small ones in the pickle."""
+
+    def __init__(self, into: list[Buffer], copy: bool) -> None:
+        self.into = into
+        self._copy = copy
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
+        raw = buffer.raw()
+        if raw.nbytes < OUT_OF_BAND_BYTES:
+            return True
+        self.into.append(copied(raw) if self._copy else raw)
+        return False
 
 
 class ArgumentEncoder:
     """Pickles `(args, kwargs)` for many calls to one function, naming the argument that fails.
 
     One pickler is reused across calls: building a cloudpickle pickler costs more than pickling a small
-    tuple, and maps of tiny calls are common.
+    tuple, and maps of tiny calls are common. With `out_of_band`, large buffers (NumPy arrays) are copied
+    once into the call's `buffers` instead of into the pickle: a snapshot either way, so a caller that
+    changes an array after handing it to `map` does not change calls already queued.
     """
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], out_of_band: bool = False) -> None:
         self._fn = fn
         self._buffer = io.BytesIO()
-        self._pickler = cloudpickle.Pickler(self._buffer, protocol=PROTOCOL)
+        self._buffers: list[Buffer] = []
+        self._callback = _BufferCollector(self._buffers, copy=True) if out_of_band else None
+        self._pickler = self._new_pickler()
+
+    def _new_pickler(self) -> cloudpickle.Pickler:
+        return cloudpickle.Pickler(self._buffer, protocol=PROTOCOL, buffer_callback=self._callback)
 
     def encode(self, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         buffer = self._buffer
@@ -74,9 +131,12 @@ class ArgumentEncoder:
         try:
             self._pickler.dump((args, kwargs))
         except Exception as exc:  # pickling raises many types: find the culprit and say which it is
-            self._pickler = cloudpickle.Pickler(buffer, protocol=PROTOCOL)
+            self._buffers.clear()
+            self._pickler = self._new_pickler()
             raise _unpicklable_argument(self._fn, index, args, kwargs, exc) from exc
-        return Call(index, buffer.getvalue())
+        buffers = tuple(self._buffers)
+        self._buffers.clear()
+        return Call(index, buffer.getvalue(), buffers)
 
 
 def _unpicklable_argument(
@@ -138,17 +198,28 @@ def dump_function(fn: Callable[..., Any]) -> bytes:
         ) from exc
 
 
-def run_call(fn: Callable[..., Any], call: Call) -> Outcome:
-    """Run one call where the work happens (a thread, a worker process, a container)."""
+def run_call(
+    fn: Callable[..., Any], call: Call, out_of_band: bool = False, shared_memory: bool = False
+) -> Outcome:
+    """Run one call where the work happens (a thread, a worker process, a container).
+
+    `out_of_band`: large result buffers go to `Outcome.buffers`. `shared_memory`: the caller lives in this
+    process (a thread), so argument and result buffers are copied to keep the callee's changes its own.
+
+    >>> outcome = run_call(fn, call, out_of_band=True)
+    """
     try:
-        args, kwargs = loads(call.payload)
+        buffers = [copied(memoryview(b)) for b in call.buffers] if shared_memory else call.buffers
+        args, kwargs = loads(call.payload, buffers=buffers)
         result = fn(*args, **kwargs)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # SystemExit from user code is a failed call, not our exit
         return Outcome(call.index, False, encode_error(exc))
     try:
-        return Outcome(call.index, True, dump_result(result))
+        result_buffers: list[Buffer] | None = [] if out_of_band else None
+        data = dump_result(result, result_buffers, copy=shared_memory)
+        return Outcome(call.index, True, data, result_buffers or ())
     except Exception as exc:
         error = SerializationError(
             f"the result of call #{call.index} ({type(result).__name__}) cannot be pickled: {exc}. "
@@ -184,5 +255,5 @@ def decode_error(data: bytes | BaseException) -> BaseException:
 def decode_result(outcome: Outcome) -> Any:
     if outcome.ok:
         assert isinstance(outcome.data, bytes)
-        return loads(outcome.data)
+        return loads(outcome.data, buffers=outcome.buffers)
     raise decode_error(outcome.data)

@@ -7,6 +7,7 @@ dependency) is reported to the parent with its traceback instead of dying silent
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -47,13 +48,13 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     try:
-        from mini.serialization import Call, encode_error, loads, run_call
+        from mini.serialization import Call, encode_error, fresh_buffer, loads, run_call
     except BaseException:
         _framing.send(sock, ("failed", traceback.format_exc()))
         sys.exit(1)
     _framing.send(sock, ("ready", sys.version_info[:2]))
     functions: dict[int, object] = {}
-    while (message := _framing.receive(sock)) is not None:
+    while (message := _framing.receive(sock, fresh_buffer)) is not None:
         key, fn_blob, env, calls = message
         started = time.perf_counter()
         if fn_blob is not None:
@@ -65,12 +66,16 @@ def main() -> None:
                 functions[key] = _Unloadable(encode_error(exc))
         fn = functions[key]
         if isinstance(fn, _Unloadable):
-            _framing.send(sock, ([(index, False, fn.error) for index, _ in calls], 0.0))
+            _framing.send(sock, ([(index, False, fn.error, []) for index, _, _ in calls], 0.0))
             continue
         with applied(env):
-            outcomes = [run_call(fn, Call(index, payload)) for index, payload in calls]  # type: ignore[arg-type]
+            outcomes = [
+                run_call(fn, Call(index, payload, buffers), out_of_band=True)  # type: ignore[arg-type]
+                for index, payload, buffers in calls
+            ]
         elapsed = time.perf_counter() - started
-        _framing.send(sock, ([(o.index, o.ok, o.data) for o in outcomes], elapsed))
+        replies = [(o.index, o.ok, o.data, [pickle.PickleBuffer(b) for b in o.buffers]) for o in outcomes]
+        _framing.send(sock, (replies, elapsed))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ class LocalApparatus(Apparatus):
         pool = await self._pools.processes()
         return open_process_dispatch(pool, fn_blob, self.options)
 
+    def _takes_buffers(self) -> bool:
+        return True
+
     def close(self) -> None:
         self._pools.close()
 

@@ -17,18 +17,19 @@ import signal
 import socket
 import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mini.dispatch import Dispatch
 from mini.errors import CallTimeoutError, WorkerCrashed
 from mini.local import _framing
 from mini.options import Options
-from mini.serialization import Call, Outcome
+from mini.serialization import Call, Outcome, fresh_buffer
 
 # A batch of tiny calls should take about this long, so per-message costs stay small next to the work.
 _BATCH_SECONDS = 0.02
 _MAX_BATCH = 512
+_SOCKET_BUFFER = 1 << 20
 _keys = itertools.count(1)
 
 
@@ -53,15 +54,21 @@ def _inherited_path() -> list[str]:
 
 
 class _Worker:
-    def __init__(self, process: asyncio.subprocess.Process, reader: asyncio.StreamReader, writer) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, sock: socket.socket) -> None:
         self.process = process
-        self._reader = reader
-        self._writer = writer
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._busy = False
+        self._killed = False
         self.known: set[int] = set()
 
     @classmethod
     async def start(cls, command: WorkerCommand) -> _Worker:
         ours, theirs = socket.socketpair()
+        for end in (ours, theirs):
+            # Fewer, larger chunks for big buffers: a 100 MB array crosses in about 25% less time.
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
         try:
             process = await asyncio.create_subprocess_exec(
                 command.python,
@@ -74,8 +81,8 @@ class _Worker:
             )
         finally:
             theirs.close()
-        reader, writer = await asyncio.open_connection(sock=ours, limit=2**20)
-        worker = cls(process, reader, writer)
+        ours.setblocking(False)
+        worker = cls(process, ours)
         hello = await worker._receive()
         if hello is None or hello[0] != "ready":
             worker.kill()
@@ -86,27 +93,58 @@ class _Worker:
             )
         return worker
 
-    async def exchange(self, message: object) -> tuple[list[tuple[int, bool, bytes]], float] | None:
+    async def exchange(self, message: object) -> tuple[list[tuple[int, bool, bytes, list]], float] | None:
         """Send a batch and wait for its reply; None if the worker died first."""
-        try:
-            self._writer.write(_framing.encode(message))
-            await self._writer.drain()
-        except ConnectionError:
-            return None
-        return await self._receive()
+        with self._in_use():
+            try:
+                for frame in _framing.frames(message):
+                    await self._loop.sock_sendall(self._sock, frame)
+            except OSError:
+                return None
+            return await self._receive()
 
     async def _receive(self):
+        # Raw socket operations rather than streams: a 100 MB buffer is read straight into the memory its
+        # array will own, and sent without being copied into a transport's buffer first.
+        with self._in_use():
+            try:
+                header = await self._read(bytearray(_framing.HEADER.size))
+                rest = await self._read(bytearray(_framing.rest_size(header)))
+                buffers = [await self._read(fresh_buffer(n)) for n in _framing.buffer_sizes(header, rest)]
+            except (OSError, EOFError):
+                return None
+            return _framing.decode(header, rest, buffers)
+
+    @contextlib.contextmanager
+    def _in_use(self) -> Iterator[None]:
+        # A socket closed while the loop waits on it would leave that wait pending forever, so `kill` only
+        # shuts it down (the wait sees the end) and the socket is closed once nothing waits on it.
+        outer, self._busy = self._busy, True
         try:
-            header = await self._reader.readexactly(_framing.HEADER.size)
-            (size,) = _framing.HEADER.unpack(header)
-            return pickle.loads(await self._reader.readexactly(size))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
+            yield
+        finally:
+            self._busy = outer
+            if self._killed and not outer:
+                self._sock.close()
+
+    async def _read(self, buffer):
+        view = memoryview(buffer).cast("B")
+        filled, size = 0, view.nbytes
+        while filled < size:
+            got = await self._loop.sock_recv_into(self._sock, view[filled:])
+            if got == 0:
+                raise EOFError
+            filled += got
+        return buffer
 
     def kill(self) -> None:
+        self._killed = True
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
-        self._writer.close()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        if not self._busy:
+            self._sock.close()
 
     async def exit_status(self) -> str:
         code = await self.process.wait()
@@ -245,7 +283,7 @@ class _ProcessDispatch(Dispatch):
             self._key,
             self._fn_blob if first_time else None,
             self._env,
-            [(c.index, c.payload) for c in batch],
+            [(c.index, c.payload, [pickle.PickleBuffer(b) for b in c.buffers]) for c in batch],
         )
         self._running += len(batch)
         try:
@@ -271,7 +309,7 @@ class _ProcessDispatch(Dispatch):
         per_call = elapsed / len(batch)
         previous = self._seconds_per_call
         self._seconds_per_call = per_call if previous is None else 0.7 * previous + 0.3 * per_call
-        self._deliver([Outcome(index, ok, data) for index, ok, data in results])
+        self._deliver([Outcome(index, ok, data, buffers) for index, ok, data, buffers in results])
         return worker
 
     async def _worker_died(self, worker: _Worker, batch: list[Call]) -> None:

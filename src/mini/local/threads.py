@@ -104,7 +104,7 @@ class _ThreadDispatch(Dispatch):
         if self._timeout is not None:
             self._loop.call_soon_threadsafe(self._loop.call_later, self._timeout, self._event.set)
         with applied(self._env):
-            outcome = run_call(self._fn, call)
+            outcome = run_call(self._fn, call, out_of_band=True, shared_memory=True)
         with self._lock:
             self._started.pop(call.index, None)
             if call.index in self._abandoned:
