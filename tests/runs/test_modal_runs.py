@@ -1,0 +1,182 @@
+"""What only Modal's detached runs show: calls that outlive the launching process in a detached app, found
+again by function-call id from fresh processes, outcomes kept locally, cancel on Modal's side, and
+read-only questions that create nothing.
+
+The shared promises (results, errors, options, cancel) are in test_behaviour.py, which runs on Modal
+too; everything here goes through the real modal client and the emulator (`tests/emulator`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from mini.image import derive_image_spec
+from mini.runs import Job, Run, RunError
+from mini.runs.registry import CallRecord, RunRecord, new_run_folder
+from tests.runs import functions
+from tests.runs.conftest import make_detached
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Launches a run of two calls that each wait for a file, prints its id and exits: the launching client
+# is gone before the calls can finish.
+LAUNCH = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from mini import ModalApparatus
+
+    def held_square(x, release):
+        while not Path(release).exists():
+            time.sleep(0.02)
+        print("squaring", x, flush=True)
+        return x * x
+
+    with ModalApparatus("detached", max_containers=2).w(gpu="A100") as app:
+        run = app.spawn_map(held_square, [3, 4], kwargs={"release": sys.argv[1]})
+    print(run.id)
+    """
+)
+
+
+def client_env(modal_emulator, **overrides: str) -> dict[str, str]:
+    return {**os.environ, **modal_emulator.client_variables(), "PYTHONPATH": str(ROOT), **overrides}
+
+
+def mini(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`mini ARGS` in a fresh process, as a user types it in another shell."""
+    command = [str(Path(sys.executable).parent / "mini"), *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def launch_and_exit(project: Path, env: dict[str, str], release: Path) -> str:
+    launched = subprocess.run(
+        [sys.executable, "-c", LAUNCH, str(release)], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert launched.returncode == 0, launched.stderr
+    return launched.stdout.strip()
+
+
+def test_calls_outlive_the_launching_process_and_answer_fresh_processes(
+    modal_project, modal_emulator, tmp_path
+):
+    env = client_env(modal_emulator)
+    release = tmp_path / "release"
+    run_id = launch_and_exit(modal_project, env, release)
+
+    app_id = json.loads((modal_project / ".mini" / "runs" / run_id / "modal.json").read_text())["app_id"]
+    assert modal_emulator.recorder.apps[app_id].states[-1] == "detached", "the client left; the app did not"
+    status = json.loads(mini("status", run_id, "--json", cwd=modal_project, env=env).stdout)
+    assert status["backend"] == "modal" and status["status"] == "running"
+    assert [call["status"] for call in status["calls"]] == ["running", "running"]
+    assert all(call["backend_id"].startswith("fc-") for call in status["calls"])
+    assert status["settings"]["gpu"] == "A100" and status["settings"]["max_containers"] == 2
+    assert status["image_hash"] == derive_image_spec(modal_project).image_hash
+
+    release.touch()
+    watched = mini("watch", run_id, cwd=modal_project, env=env)
+    assert watched.returncode == 0 and "done 2" in watched.stdout
+    results = mini("results", run_id, "--json", cwd=modal_project, env=env)
+    assert results.returncode == 0, results.stderr
+    assert json.loads(results.stdout) == [9, 16]
+    assert [job.result(timeout=0) for job in Run.open(run_id)] == [9, 16]
+
+
+def test_fetched_outcomes_are_kept_locally_and_questions_create_nothing_on_modal(
+    modal_project, modal_emulator, tmp_path
+):
+    env = client_env(modal_emulator)
+    release = tmp_path / "release"
+    run_id = launch_and_exit(modal_project, env, release)
+
+    with modal_emulator.recorder.counting() as asked:
+        assert mini("status", run_id, cwd=modal_project, env=env).returncode == 0
+        assert mini("logs", run_id, cwd=modal_project, env=env).returncode == 0
+    assert asked["FunctionGetOutputs"] == 2, "one status request per unsettled call"
+    assert set(asked) <= {"ClientHello", "FunctionGetOutputs"}, f"questions created something: {asked}"
+
+    release.touch()
+    assert mini("watch", run_id, cwd=modal_project, env=env).returncode == 0
+    with modal_emulator.recorder.counting() as asked:
+        results = mini("results", run_id, "--json", cwd=modal_project, env=env)
+        assert mini("status", run_id, cwd=modal_project, env=env).returncode == 0
+    assert results.returncode == 0 and json.loads(results.stdout) == [9, 16]
+    assert not asked, "settled calls are answered from the run folder, whatever Modal still keeps"
+    outcomes = sorted((modal_project / ".mini" / "runs" / run_id).glob("calls/*/outcome.pkl"))
+    assert len(outcomes) == 2
+
+
+def test_cancel_from_a_fresh_process_stops_the_call_on_modal(modal_project, modal_emulator, tmp_path):
+    import modal
+
+    env = client_env(modal_emulator)
+    release = tmp_path / "release"
+    run_id = launch_and_exit(modal_project, env, release)
+    call_ids = [job.backend_id for job in Run.open(run_id)]
+
+    cancelled = mini("cancel", run_id, cwd=modal_project, env=env)
+    assert cancelled.returncode == 0 and "cancelled 2 of 2 calls" in cancelled.stdout
+    release.touch()  # a call still running would now finish and return its square
+    for call_id in call_ids:
+        with pytest.raises(modal.exception.RemoteError, match="cancelled"):
+            modal.FunctionCall.from_id(call_id).get(timeout=30)
+    assert json.loads(mini("status", run_id, "--json", cwd=modal_project, env=env).stdout)["status"] == (
+        "cancelled"
+    )
+
+
+def test_a_failed_call_reports_its_traceback_and_where_its_logs_are(modal_project, modal_emulator):
+    with make_detached("modal", "failing") as app:
+        job = app.spawn(functions.fail, "boom")
+    assert isinstance(job.exception(timeout=60), ValueError)
+    env = client_env(modal_emulator)
+    logs = mini("logs", job.id, cwd=modal_project, env=env).stdout
+    app_id = json.loads((job.run.folder.path / "modal.json").read_text())["app_id"]
+    assert "logs: see the Modal dashboard" in logs and f"modal app logs {app_id}" in logs
+    assert job.backend_id in logs and "fail-" in logs, "names the call and the dashboard's function name"
+    assert "raise ValueError(message)" in logs and "ValueError: boom" in logs
+
+
+def test_a_rejected_token_when_asking_gets_one_clear_line(modal_project, modal_emulator, tmp_path):
+    run_id = launch_and_exit(modal_project, client_env(modal_emulator), tmp_path / "release")
+    asked = mini("status", run_id, cwd=modal_project, env=client_env(modal_emulator, MODAL_TOKEN_SECRET="x"))
+    assert asked.returncode == 2 and "Modal authentication failed" in asked.stderr
+    assert "./go auth" in asked.stderr and "Traceback" not in asked.stderr
+
+
+def test_a_call_id_modal_does_not_know_is_reported_clearly(modal_project):
+    folder = new_run_folder(modal_project)
+    record = RunRecord(
+        id=folder.id,
+        kind="spawn",
+        backend="modal",
+        apparatus="elsewhere",
+        function="tests.runs.functions:square",
+        monitor="mini.modal_backend.runs:ModalMonitor",
+        created=time.time(),
+        project_root=str(modal_project),
+        image_hash=None,
+        git_commit=None,
+        git_dirty=None,
+        calls=(CallRecord(0, "x=2", "fc-from-another-workspace"),),
+        launched=time.time(),
+    )
+    folder.write_record(record)
+    with pytest.raises(RunError, match="Modal does not know function call fc-from-another-workspace"):
+        Job.open(folder.id).status()
+
+
+def test_a_run_is_one_detached_app_with_one_function_whatever_its_size(modal_project, modal_emulator):
+    with make_detached("modal", "sized") as app, modal_emulator.recorder.counting() as rpcs:
+        run = app.spawn_map(functions.square, range(20))
+    assert rpcs["AppCreate"] == 1 and rpcs["FunctionCreate"] == 1
+    assert run.results(timeout=60) == [x * x for x in range(20)]
+    assert len({job.backend_id for job in run}) == 20, "each call has its own function-call id"
