@@ -125,7 +125,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     if "memory" in results:
         lines += _memory_table(results["memory"])
-    known = {"meta", "local", "closures", "targets", "memory"}
+    if "modal" in results:
+        lines += _modal_table(results["modal"])
+    known = {"meta", "local", "closures", "targets", "memory", "modal"}
     for section, figures in results.items():
         if section not in known:
             lines += [f"## {section}", ""] + [f"- {key}: {value}" for key, value in figures.items()] + [""]
@@ -188,6 +190,30 @@ def _memory_table(memory: dict[str, Any]) -> list[str]:
             f"| {f['items_per_s']:,.0f} | {'yes' if f['flat'] else '**no**'} |"
         )
     note = "RSS of the calling process, where inputs wait; a process-mode worker holds one batch at a time."
+    return [*lines, "", note, ""]
+
+
+def _modal_table(modal: dict[str, Any]) -> list[str]:
+    mapped, run = modal["map"], modal["run"]
+    rpcs = ", ".join(f"{name} {count}" for name, count in mapped["rpcs"].items())
+    lines = ["## ModalApparatus client-side overhead (against the emulator, warm app)", ""]
+    lines += ["| figure | value |", "|---|---|"]
+    lines += [
+        f"| map of {mapped['inputs']:,} trivial inputs: RPCs per input "
+        f"| {mapped['rpcs_per_input']:.3f} ({rpcs}) |",
+        f"| map: bytes sent per input (gRPC messages) | {mapped['bytes_sent_per_input']:.0f} |",
+        f"| map: client CPU per input (all but the emulator) | {mapped['client_cpu_us_per_input']:,.0f} µs |",
+        f"| ↳ of which mini's loop thread | {mapped['mini_loop_cpu_us_per_input']:,.0f} µs |",
+        f"| map: wall time per input (with server and containers) | {mapped['wall_us_per_input']:,.0f} µs |",
+        f"| run, warm: latency (median of {run['calls']}) | {run['latency_ms_median']:.1f} ms |",
+        f"| run: RPCs per call | {run['rpcs_per_call']:.1f} |",
+        f"| first call (image, app, containers; environment cached) | {modal['cold_start_s']:.2f} s |",
+    ]
+    note = (
+        "The emulator serves from a thread of the benchmark process and runs containers as subprocesses: "
+        "client CPU is the process's CPU time less that thread's, so worker execution is not in it. "
+        "Heartbeats and log polling are left out of the RPC counts."
+    )
     return [*lines, "", note, ""]
 
 
