@@ -17,6 +17,11 @@ from mini.runs import Run, RunError
 from mini.runs.registry import list_runs
 from tests.runs import functions
 
+# The functions detached calls run travel by value, as a project's own code does when the tests folder is
+# not shipped: Modal containers hold only `src/`. For the whole session, because mini caches how a function
+# pickles.
+cloudpickle.register_pickle_by_value(functions)
+
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
@@ -72,10 +77,9 @@ def make_detached(backend: str, name: str) -> Apparatus:
 
 
 @pytest.fixture
-def modal_project(project: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
-    """`project`, made shippable to Modal (through the emulator): a source package, the one dependency
-    mini needs in a container (cloudpickle) locked in uv.lock, and `tests.runs.functions` pickled by value,
-    as a project's own code would ship, since the tests folder is not in the image."""
+def modal_project(project: Path, request: pytest.FixtureRequest) -> Path:
+    """`project`, made shippable to Modal (through the emulator): a source package, and the one dependency
+    mini needs in a container (cloudpickle) locked in uv.lock."""
     request.getfixturevalue("modal_emulator")
     with (project / "pyproject.toml").open("a") as pyproject:
         pyproject.write('requires-python = ">=3.10"\ndependencies = ["cloudpickle>=3.1"]\n')
@@ -84,11 +88,7 @@ def modal_project(project: Path, request: pytest.FixtureRequest) -> Iterator[Pat
     run_uv(["lock", "--offline"], cwd=project, what="lock the test project")
     # Ignored in git, so that the project's git state (test_the_record_names_git_commit) is the test's own.
     (project / ".gitignore").write_text("/.gitignore\n/uv.lock\n/src/\n")
-    cloudpickle.register_pickle_by_value(functions)
-    try:
-        yield project
-    finally:
-        cloudpickle.unregister_pickle_by_value(functions)
+    return project
 
 
 @pytest.fixture(params=DETACHED_BACKENDS)
