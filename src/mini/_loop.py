@@ -3,6 +3,9 @@
 Running the core on one loop in a daemon thread lets the sync API work anywhere, including inside a
 running loop (a notebook cell), and keeps backend resources (pipes, sockets) bound to a single loop
 whichever thread or loop the user calls from.
+
+A backend whose dispatch holds no such resources and waits only on `Signal`s (thread mode) can have the
+same core driven on the caller's thread instead (`drive`): a call then crosses threads twice, not four times.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import asyncio
 import atexit
 import contextlib
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Coroutine, Generator
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
@@ -20,6 +24,7 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
+_driving = threading.local()
 
 
 def loop() -> asyncio.AbstractEventLoop:
@@ -105,6 +110,105 @@ async def wrap(coro: Coroutine[Any, Any, T]) -> T:
     except asyncio.CancelledError:
         await asyncio.get_running_loop().run_in_executor(None, job.cancel_and_wait)
         raise
+
+
+def drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to its end on this thread, blocking while it waits on a `Signal`; Ctrl-C cancels it and
+    lets it clean up. Only for cores that await nothing but `Signal`s.
+
+    >>> drive(apparatus._run_one(fn, args, kwargs))
+    """
+    if in_loop_thread():
+        coro.close()
+        raise RuntimeError("mini's blocking API cannot be called from mini's own event loop thread")
+    outer = getattr(_driving, "active", False)
+    _driving.active = True
+    try:
+        waited = coro.send(None)
+        while True:
+            try:
+                _block(coro, waited)
+            except KeyboardInterrupt:
+                _cancel(coro)
+                raise
+            waited = coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        _driving.active = outer
+
+
+def _block(coro: Coroutine[Any, Any, Any], waited: object) -> None:
+    if not isinstance(waited, Signal):
+        coro.close()
+        raise RuntimeError(f"a core driven on the caller's thread awaited {waited!r}, not a mini Signal")
+    waited.block()
+
+
+def _cancel(coro: Coroutine[Any, Any, Any]) -> None:
+    # As a cancelled task would: the core's cleanup (stopping its calls) runs before Ctrl-C propagates.
+    try:
+        waited = coro.throw(asyncio.CancelledError())
+        while True:
+            _block(coro, waited)
+            waited = coro.send(None)
+    except (StopIteration, asyncio.CancelledError):
+        return
+
+
+class Signal:
+    """A wake-up that any thread can `set`, awaited by a core on the private loop or under `drive`.
+
+    >>> signal = Signal()          # in the core, on whichever side runs it
+    >>> signal.set()               # from a worker thread
+    >>> await signal               # in the core; then signal.clear()
+    """
+
+    def __init__(self) -> None:
+        self._blocking = getattr(_driving, "active", False)
+        self._deadlines: list[float] = []
+        self._deadlines_lock = threading.Lock()
+        if self._blocking:
+            self._flag = threading.Event()
+        else:
+            self._loop = asyncio.get_running_loop()
+            self._event = asyncio.Event()
+
+    def set(self) -> None:
+        """Wake the core; callable from any thread."""
+        if self._blocking:
+            self._flag.set()
+        else:
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    def set_later(self, seconds: float) -> None:
+        """Wake the core after `seconds`; callable from any thread."""
+        if self._blocking:
+            with self._deadlines_lock:
+                self._deadlines.append(time.monotonic() + seconds)
+            self._flag.set()  # the core then waits again, this deadline included
+        else:
+            self._loop.call_soon_threadsafe(self._loop.call_later, seconds, self._event.set)
+
+    def clear(self) -> None:
+        """Forget past wake-ups; only the core calls this."""
+        (self._flag if self._blocking else self._event).clear()
+
+    def block(self) -> None:
+        """Under `drive`: wait on this thread until set or until the earliest deadline passes."""
+        with self._deadlines_lock:
+            earliest = min(self._deadlines, default=None)
+        if earliest is None:
+            self._flag.wait()
+        elif not self._flag.wait(max(0.0, earliest - time.monotonic())):
+            with self._deadlines_lock:
+                self._deadlines.remove(earliest)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if self._blocking:
+            yield self
+        else:
+            yield from self._event.wait().__await__()
 
 
 async def _cancel_everything() -> None:

@@ -56,6 +56,12 @@ class Apparatus(ABC):
     def _retries_handled_by_backend(self) -> bool:
         return False
 
+    def _dispatch_on_caller_thread(self) -> bool:
+        """Whether `run` may drive this backend's core on the caller's thread (`mini._loop.drive`), two
+        thread hops fewer than through mini's loop: only for a dispatch that waits on nothing but
+        `mini._loop.Signal`s."""
+        return False
+
     def _takes_buffers(self) -> bool:
         """Whether this backend's dispatch carries `Call.buffers` (large buffers pickled out-of-band)."""
         return False
@@ -143,6 +149,8 @@ class Apparatus(ABC):
         >>> app.run(train, lr=1e-3)
         0.0421
         """
+        if self._dispatch_on_caller_thread():
+            return _loop.drive(self._run_one(fn, args, kwargs))
         return _loop.wait(self._run_one(fn, args, kwargs))
 
     def map(

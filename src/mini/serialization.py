@@ -9,11 +9,14 @@ Backends that can move large buffers themselves (the local ones) ask for them ou
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import pickle
 import sys
 import traceback
+import types
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -188,14 +191,35 @@ def _qualname(fn: Callable[..., Any]) -> str:
 
 
 def dump_function(fn: Callable[..., Any]) -> bytes:
-    """Pickle the function once per map; it is unpickled once per worker."""
+    """Pickle the function once per map; it is unpickled once per worker.
+
+    A plain function that pickles by reference (its module and name: no state that could change) is
+    pickled once per process; anything pickled by value (closures, lambdas, `__main__`) every time, so
+    each map sees the state it closes over when the map starts.
+    """
+    with contextlib.suppress(KeyError, TypeError):  # TypeError: not weakly referenceable
+        return _by_reference[fn]
     try:
-        return dumps(fn)
+        blob = dumps(fn)
     except Exception as exc:
         raise SerializationError(
             f"the function {_qualname(fn)} cannot be pickled ({exc}). Functions run in another process or "
             "machine: define it at module level, or make sure everything it closes over is picklable."
         ) from exc
+    if isinstance(fn, types.FunctionType) and _pickles_by_reference(fn, blob):
+        _by_reference[fn] = blob
+    return blob
+
+
+_by_reference: weakref.WeakKeyDictionary[Callable[..., Any], bytes] = weakref.WeakKeyDictionary()
+
+
+def _pickles_by_reference(fn: types.FunctionType, blob: bytes) -> bool:
+    # Plain pickle can only name a function; if cloudpickle wrote the same bytes, it named it too.
+    try:
+        return pickle.dumps(fn, protocol=PROTOCOL) == blob
+    except Exception:
+        return False
 
 
 def run_call(

@@ -56,6 +56,9 @@ class LocalApparatus(Apparatus):
     def _takes_buffers(self) -> bool:
         return True
 
+    def _dispatch_on_caller_thread(self) -> bool:
+        return self.mode == "thread"
+
     def close(self) -> None:
         self._pools.close()
 

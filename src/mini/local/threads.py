@@ -2,17 +2,20 @@
 
 Python cannot stop a running thread, so a call that times out or whose map is cancelled finishes in the
 background with its result discarded; a replacement thread keeps the pool at full strength meanwhile.
+
+A dispatch holds nothing bound to an event loop and waits on a `mini._loop.Signal`, so its core can be
+driven on the caller's thread (see `LocalApparatus._dispatch_on_caller_thread`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
 from queue import SimpleQueue
 from typing import Any
 
+from mini._loop import Signal
 from mini.dispatch import Dispatch
 from mini.errors import CallTimeoutError
 from mini.local._environ import applied
@@ -77,8 +80,7 @@ class _ThreadDispatch(Dispatch):
         self._fn = fn
         self._env = options.env
         self._timeout = options.timeout
-        self._loop = asyncio.get_running_loop()
-        self._event = asyncio.Event()
+        self._event = Signal()
         self._lock = threading.Lock()
         self._ready: list[Outcome] = []
         self._started: dict[int, float] = {}
@@ -102,7 +104,7 @@ class _ThreadDispatch(Dispatch):
                 return False
             self._started[call.index] = time.monotonic()
         if self._timeout is not None:
-            self._loop.call_soon_threadsafe(self._loop.call_later, self._timeout, self._event.set)
+            self._event.set_later(self._timeout)
         with applied(self._env):
             outcome = run_call(self._fn, call, out_of_band=True, shared_memory=True)
         with self._lock:
@@ -116,12 +118,12 @@ class _ThreadDispatch(Dispatch):
             if self._wake_pending:
                 return False
             self._wake_pending = True
-        self._loop.call_soon_threadsafe(self._event.set)
+        self._event.set()
         return False
 
     async def outcomes(self) -> list[Outcome]:
         while True:
-            await self._event.wait()
+            await self._event
             with self._lock:
                 self._expire_overdue()
                 ready, self._ready = self._ready, []
