@@ -84,7 +84,7 @@ class ModalLauncher(Launcher):
             run.write_file(_APP_FILE, json.dumps({"app_id": app.app_id, "function": name}).encode())
             spawned = await _spawn_all(function, calls)
         # Leaving the block disconnects this client; a detached app keeps running until its calls end.
-        return [call.object_id for call in spawned]
+        return [handle.object_id for handle in spawned]
 
 
 async def _spawn_all(function: Any, calls: Sequence[Call]) -> list[Any]:
@@ -104,7 +104,7 @@ async def _spawn_all(function: Any, calls: Sequence[Call]) -> list[Any]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         spawned = [task.result() for task in tasks if not task.cancelled() and task.exception() is None]
-        await asyncio.gather(*(call.cancel.aio() for call in spawned), return_exceptions=True)
+        await asyncio.gather(*(handle.cancel.aio() for handle in spawned), return_exceptions=True)
         raise
 
 
