@@ -34,7 +34,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 EXECUTED = {"python", "python modal", "bash"}
 SHOWN = {"console", "text", "toml"}
 
-_FENCE = re.compile(r"^```(.*)$")
+_FENCE = re.compile(r"^(\s*)```(.*)$")
 
 
 @dataclass(frozen=True)
@@ -50,19 +50,19 @@ class Block:
 
 
 def blocks(page: Path) -> list[Block]:
-    """The fenced code blocks of a Markdown page, in order."""
-    found, lines = [], page.read_text().splitlines()
-    opened: tuple[int, str] | None = None
+    """The fenced code blocks of a Markdown page, in order; a block indented inside a list is dedented."""
+    found: list[Block] = []
+    opened: tuple[int, str, int] | None = None  # line, info string, indentation of the fence
     body: list[str] = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(page.read_text().splitlines(), start=1):
         match = _FENCE.match(line)
         if opened is None and match:
-            opened, body = (number, match.group(1).strip()), []
+            opened, body = (number, match.group(2).strip(), len(match.group(1))), []
         elif opened is not None and line.strip() == "```":
             found.append(Block(page, opened[0], opened[1], "\n".join(body) + "\n"))
             opened = None
         elif opened is not None:
-            body.append(line)
+            body.append(line[opened[2] :])
     assert opened is None, f"{page.name}:{opened[0]}: a code fence is never closed"
     return found
 
