@@ -365,8 +365,9 @@ class _MapRun:
                 return
             value = decode_error(outcome.data)
             self._failed += 1
-        self._payloads.pop(index, None)
-        self._attempts.pop(index, None)
+        if self._retries:
+            self._payloads.pop(index, None)
+            self._attempts.pop(index, None)
         self._buffer[index] = (outcome.ok, value)
 
     def _take_ready(self) -> list[tuple[bool, Any]]:

@@ -59,6 +59,8 @@ def dumps(obj: Any) -> bytes:
 
 def dump_result(obj: Any, buffers: list[Buffer] | None = None, copy: bool = False) -> bytes:
     """Pickle a result; with a `buffers` list, large buffers go there instead (copied if `copy`)."""
+    if type(obj) in _SCALARS:  # the common tiny result: no buffers, no fallback needed
+        return pickle.dumps(obj, protocol=PROTOCOL)
     callback = None if buffers is None else _BufferCollector(buffers, copy)
     # Plain pickle is several times faster for ordinary data, and it refuses (rather than mis-pickles)
     # what it cannot find by reference, such as a class unpickled by value; cloudpickle handles those.
@@ -121,25 +123,31 @@ class ArgumentEncoder:
         self._buffer = io.BytesIO()
         self._buffers: list[Buffer] = []
         self._callback = _BufferCollector(self._buffers, copy=True) if out_of_band else None
-        self._pickler = self._new_pickler()
-
-    def _new_pickler(self) -> cloudpickle.Pickler:
-        return cloudpickle.Pickler(self._buffer, protocol=PROTOCOL, buffer_callback=self._callback)
+        self._pickler: cloudpickle.Pickler | None = None
 
     def encode(self, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        if _SCALARS.issuperset(map(type, args)) and _SCALARS.issuperset(map(type, kwargs.values())):
+            # Numbers and strings pickle the same either way, and the C pickler is several times faster.
+            return Call(index, pickle.dumps((args, kwargs), protocol=PROTOCOL))
         buffer = self._buffer
         buffer.seek(0)
         buffer.truncate()
-        self._pickler.clear_memo()
+        if self._pickler is None:
+            self._pickler = cloudpickle.Pickler(buffer, protocol=PROTOCOL, buffer_callback=self._callback)
+        else:
+            self._pickler.clear_memo()
         try:
             self._pickler.dump((args, kwargs))
         except Exception as exc:  # pickling raises many types: find the culprit and say which it is
             self._buffers.clear()
-            self._pickler = self._new_pickler()
+            self._pickler = None
             raise _unpicklable_argument(self._fn, index, args, kwargs, exc) from exc
         buffers = tuple(self._buffers)
         self._buffers.clear()
         return Call(index, buffer.getvalue(), buffers)
+
+
+_SCALARS = frozenset({int, float, str, bool, type(None)})
 
 
 def _unpicklable_argument(

@@ -74,7 +74,10 @@ def main() -> None:
                 for index, payload, buffers in calls
             ]
         elapsed = time.perf_counter() - started
-        replies = [(o.index, o.ok, o.data, [pickle.PickleBuffer(b) for b in o.buffers]) for o in outcomes]
+        replies = [
+            (o.index, o.ok, o.data, [pickle.PickleBuffer(b) for b in o.buffers] if o.buffers else ())
+            for o in outcomes
+        ]
         _framing.send(sock, (replies, elapsed))
 
 

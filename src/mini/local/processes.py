@@ -283,7 +283,7 @@ class _ProcessDispatch(Dispatch):
             self._key,
             self._fn_blob if first_time else None,
             self._env,
-            [(c.index, c.payload, [pickle.PickleBuffer(b) for b in c.buffers]) for c in batch],
+            [(c.index, c.payload, _out_of_band(c.buffers)) for c in batch],
         )
         self._running += len(batch)
         try:
@@ -358,6 +358,10 @@ class _ProcessDispatch(Dispatch):
         self._closed = True
         self._queue.clear()
         await self._pool.forget(self)
+
+
+def _out_of_band(buffers: Sequence[object]) -> list[pickle.PickleBuffer] | tuple[()]:
+    return [pickle.PickleBuffer(b) for b in buffers] if buffers else ()  # type: ignore[arg-type]
 
 
 def open_process_dispatch(pool: ProcessPool, fn_blob: bytes, options: Options) -> Dispatch:
