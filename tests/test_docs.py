@@ -136,3 +136,22 @@ def test_the_api_reference_has_a_section_for_every_public_name():
     headings = set(re.findall(r"^#+ `([\w.]+)", reference, re.M))
     missing = [name for name in mini.__all__ if name not in headings]
     assert not missing, f"docs/api.md has no section for {missing}"
+
+
+def test_relative_links_point_at_files_and_headings_that_exist():
+    for page in PAGES:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # links inside code are not links
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.name} links to {target}, which does not exist"
+            if anchor and linked.suffix == ".md":
+                assert anchor in _anchors(linked), f"{page.name} links to {target}: no such heading"
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation other than `-` and `_` dropped, spaces to `-`."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", page.read_text(), flags=re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
