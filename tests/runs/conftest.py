@@ -15,6 +15,7 @@ from mini import Apparatus, LocalApparatus
 from mini.image.uv_command import run_uv
 from mini.runs import Run, RunError
 from mini.runs.registry import list_runs
+from tests.emulator.server import Emulator, run_emulator
 from tests.runs import functions
 
 # The functions detached calls run travel by value, as a project's own code does when the tests folder is
@@ -74,6 +75,15 @@ def make_detached(backend: str, name: str) -> Apparatus:
 
         return ModalApparatus(name, max_containers=2)
     raise ValueError(f"no detached test setup for backend {backend!r}")
+
+
+@pytest.fixture(scope="package")
+def modal_emulator() -> Iterator[Emulator]:
+    """An emulator for this package alone, in place of the session's: detached runs leave functions behind
+    under the names the behaviour suite's get (`square-…`), which tests that look a function up by name in
+    the session emulator's records must not find."""
+    with run_emulator() as emulator, emulator.client_environment():
+        yield emulator
 
 
 @pytest.fixture
