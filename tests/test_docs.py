@@ -3,6 +3,8 @@
 A fenced block's info string says what happens to it:
 - `python`: executed on the local backend, in order, in one namespace per page (a page reads top to bottom,
   so later blocks may use names earlier ones defined), as a script would be (`__name__ == "__main__"`);
+  a block whose first line is a comment naming a file (`# my_sweep.py: ...`) is also written to that file,
+  so later `bash` blocks can run it;
 - `python modal`: the same, with the Modal client pointed at the emulator (`modal_emulator`);
 - `bash`: run with `bash -euo pipefail`, in order, in the page's temporary project;
 - `console` (commands a reader types but the suite cannot run: `./go test` would recurse, `./go auth` is
@@ -98,6 +100,9 @@ def test_the_code_blocks_of_a_page_run(page: Path, project: Path, request: pytes
             output = done.stdout + done.stderr
             assert done.returncode == 0, f"{block.where} exited {done.returncode}:\n{output}"
         else:
+            named = re.match(r"# (\w+\.py):", block.code)
+            if named:
+                (project / named.group(1)).write_text(block.code)
             exec(compile(block.code, block.where, "exec"), namespace)
 
 
