@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,7 @@ from mini.image import derive_image_spec
 from mini.runs import Job, Run, RunError
 from mini.runs.registry import CallRecord, RunRecord, new_run_folder
 from tests.runs import functions
-from tests.runs.conftest import make_detached
+from tests.runs.conftest import make_detached, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -180,3 +181,38 @@ def test_a_run_is_one_detached_app_with_one_function_whatever_its_size(modal_pro
     assert rpcs["AppCreate"] == 1 and rpcs["FunctionCreate"] == 1
     assert run.results(timeout=60) == [x * x for x in range(20)]
     assert len({job.backend_id for job in run}) == 20, "each call has its own function-call id"
+
+
+def test_an_interrupted_launch_cancels_every_call_it_had_spawned(modal_project, modal_emulator, tmp_path):
+    launch = textwrap.dedent(
+        """
+        import sys, time
+        from pathlib import Path
+        from mini import ModalApparatus
+
+        def wait_for(release):
+            while not Path(release).exists():
+                time.sleep(0.02)
+
+        ModalApparatus("interrupted").spawn_map(wait_for, [sys.argv[1]] * 400)
+        """
+    )
+    recorder = modal_emulator.recorder
+    spawned_before = recorder.rpc_counts["FunctionMap"]  # a spawn is one FunctionMap request
+    with recorder.counting() as rpcs:
+        launcher = subprocess.Popen(
+            [sys.executable, "-c", launch, str(tmp_path / "never")],
+            cwd=modal_project,
+            env=client_env(modal_emulator),
+            stderr=subprocess.PIPE,
+        )
+        wait_until(lambda: recorder.rpc_counts["FunctionMap"] > spawned_before, what="a first spawn")
+        launcher.send_signal(signal.SIGINT)
+        launcher.communicate(timeout=120)
+    assert launcher.returncode != 0
+    run = Run.open(next((modal_project / ".mini" / "runs").iterdir()).name)
+    assert run.record.launched is None, "interrupted before every call was spawned"
+    assert 0 < rpcs["FunctionMap"] < 400 and rpcs["FunctionCallCancel"] == rpcs["FunctionMap"], (
+        f"each spawned call is cancelled on Modal: {dict(rpcs)}"
+    )
+    assert run.counts()["cancelled"] == 400

@@ -88,21 +88,31 @@ class ModalLauncher(Launcher):
 
 
 async def _spawn_all(function: Any, calls: Sequence[Call]) -> list[Any]:
-    """Spawn every call, a bounded number at once; if one spawn fails, cancel those already spawned, so
-    that a failed launch leaves nothing running."""
+    """Spawn every call, a bounded number at once. If one spawn fails or the launch is interrupted, cancel
+    every call already spawned, so that a failed launch leaves nothing running."""
+    if not calls:
+        return []
     limit = asyncio.Semaphore(_SPAWNS_IN_FLIGHT)
+    sent: set[asyncio.Task[Any]] = set()
 
     async def spawn(call: Call) -> Any:
         async with limit:
+            sent.add(asyncio.current_task())  # type: ignore[arg-type]
             return await function.spawn.aio(call.index, call.payload)
 
     tasks = [asyncio.ensure_future(spawn(call)) for call in calls]
     try:
-        return list(await asyncio.gather(*tasks))
+        # `wait`, not `gather`: an interrupted gather would cancel spawns in flight, whose calls Modal
+        # may already have started under ids this process would then never learn.
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+        return [task.result() for task in tasks]
     except BaseException:
         for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            if task not in sent:
+                task.cancel()
+        await asyncio.wait(tasks)
         spawned = [task.result() for task in tasks if not task.cancelled() and task.exception() is None]
         await asyncio.gather(*(handle.cancel.aio() for handle in spawned), return_exceptions=True)
         raise
