@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import queue
 import threading
 import time
 from collections.abc import Coroutine, Generator
@@ -166,10 +167,11 @@ class Signal:
 
     def __init__(self) -> None:
         self._blocking = getattr(_driving, "active", False)
-        self._deadlines: list[float] = []
-        self._deadlines_lock = threading.Lock()
         if self._blocking:
-            self._flag = threading.Event()
+            # A queue of wake-up tokens: cheaper than a threading.Event, and as interruptible by Ctrl-C.
+            self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
+            self._deadlines: list[float] = []
+            self._deadlines_lock = threading.Lock()
         else:
             self._loop = asyncio.get_running_loop()
             self._event = asyncio.Event()
@@ -177,7 +179,7 @@ class Signal:
     def set(self) -> None:
         """Wake the core; callable from any thread."""
         if self._blocking:
-            self._flag.set()
+            self._tokens.put(None)
         else:
             self._loop.call_soon_threadsafe(self._event.set)
 
@@ -186,21 +188,29 @@ class Signal:
         if self._blocking:
             with self._deadlines_lock:
                 self._deadlines.append(time.monotonic() + seconds)
-            self._flag.set()  # the core then waits again, this deadline included
+            self._tokens.put(None)  # the core then waits again, this deadline included
         else:
             self._loop.call_soon_threadsafe(self._loop.call_later, seconds, self._event.set)
 
     def clear(self) -> None:
         """Forget past wake-ups; only the core calls this."""
-        (self._flag if self._blocking else self._event).clear()
+        if not self._blocking:
+            self._event.clear()
+            return
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._tokens.get_nowait()
 
     def block(self) -> None:
         """Under `drive`: wait on this thread until set or until the earliest deadline passes."""
         with self._deadlines_lock:
             earliest = min(self._deadlines, default=None)
         if earliest is None:
-            self._flag.wait()
-        elif not self._flag.wait(max(0.0, earliest - time.monotonic())):
+            self._tokens.get()
+            return
+        try:
+            self._tokens.get(timeout=max(0.0, earliest - time.monotonic()))
+        except queue.Empty:
             with self._deadlines_lock:
                 self._deadlines.remove(earliest)
 
