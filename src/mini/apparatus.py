@@ -66,6 +66,10 @@ class Apparatus(ABC):
         """Whether this backend's dispatch carries `Call.buffers` (large buffers pickled out-of-band)."""
         return False
 
+    def _callees_own_memory(self) -> bool:
+        """Whether calls run in another address space, so a callee can never write to the caller's memory."""
+        return False
+
     def _detached_launcher(self) -> Launcher:
         """The `mini.runs.Launcher` that starts this backend's detached calls (`spawn`, `spawn_map`)."""
         raise NotImplementedError(
@@ -151,7 +155,9 @@ class Apparatus(ABC):
         """
         if self._dispatch_on_caller_thread():
             return _loop.drive(self._run_one(fn, args, kwargs))
-        return _loop.wait(self._run_one(fn, args, kwargs))
+        # The caller waits for the call to end, so where callees cannot write to its memory, argument
+        # buffers can be sent from there rather than from a snapshot (one copy of a large array fewer).
+        return _loop.wait(self._run_one(fn, args, kwargs, lend_buffers=self._callees_own_memory()))
 
     def map(
         self,
@@ -216,8 +222,10 @@ class Apparatus(ABC):
 
     # ----- shared machinery --------------------------------------------------------------------------
 
-    async def _run_one(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
-        run = _MapRun(self, fn, iter([args]), kwargs, ordered=True, progress=False)
+    async def _run_one(
+        self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any], lend_buffers: bool = False
+    ) -> R:
+        run = _MapRun(self, fn, iter([args]), kwargs, ordered=True, progress=False, lend_buffers=lend_buffers)
         try:
             batch = await run.next_batch()
         finally:
@@ -283,6 +291,7 @@ class _MapRun:
         *,
         ordered: bool,
         progress: bool | None,
+        lend_buffers: bool = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"the function to run must be callable, got {type(fn).__name__}")
@@ -293,7 +302,7 @@ class _MapRun:
         self._ordered = ordered
         self._progress_enabled = progress
         self._progress: Progress | None = None
-        self._encoder = ArgumentEncoder(fn, out_of_band=apparatus._takes_buffers())
+        self._encoder = ArgumentEncoder(fn, out_of_band=apparatus._takes_buffers(), lend=lend_buffers)
         self._dispatch: Dispatch | None = None
         self._counter = itertools.count()
         self._exhausted = False
@@ -341,7 +350,7 @@ class _MapRun:
             index = next(self._counter)
             call = self._encoder.encode(index, args, self._kwargs)
             if self._retries:
-                self._payloads[index] = call
+                self._payloads[index] = call.copy()
             calls.append(call)
             room -= 1
         if calls:
@@ -361,7 +370,7 @@ class _MapRun:
             if attempt < self._retries:
                 self._attempts[index] = attempt + 1
                 assert self._dispatch is not None
-                self._dispatch.submit([self._payloads[index]])
+                self._dispatch.submit([self._payloads[index].copy()])
                 return
             value = decode_error(outcome.data)
             self._failed += 1

@@ -41,6 +41,12 @@ class Call:
     payload: bytes
     buffers: Sequence[Buffer] = ()
 
+    def copy(self) -> Call:
+        """This call with buffers of its own: a re-run must not see what a thread-mode attempt changed."""
+        if not self.buffers:
+            return self
+        return Call(self.index, self.payload, tuple(copied(memoryview(b)) for b in self.buffers))
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -115,14 +121,16 @@ class ArgumentEncoder:
     One pickler is reused across calls: building a cloudpickle pickler costs more than pickling a small
     tuple, and maps of tiny calls are common. With `out_of_band`, large buffers (NumPy arrays) are copied
     once into the call's `buffers` instead of into the pickle: a snapshot either way, so a caller that
-    changes an array after handing it to `map` does not change calls already queued.
+    changes an array after handing it to `map` does not change calls already queued. With `lend` too, they
+    are referenced, not copied: only for a caller that waits for the call's end, and a backend whose callee
+    cannot write to the caller's memory (another process sends them).
     """
 
-    def __init__(self, fn: Callable[..., Any], out_of_band: bool = False) -> None:
+    def __init__(self, fn: Callable[..., Any], out_of_band: bool = False, lend: bool = False) -> None:
         self._fn = fn
         self._buffer = io.BytesIO()
         self._buffers: list[Buffer] = []
-        self._callback = _BufferCollector(self._buffers, copy=True) if out_of_band else None
+        self._callback = _BufferCollector(self._buffers, copy=not lend) if out_of_band else None
         self._pickler: cloudpickle.Pickler | None = None
 
     def encode(self, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
@@ -236,13 +244,13 @@ def run_call(
     """Run one call where the work happens (a thread, a worker process, a container).
 
     `out_of_band`: large result buffers go to `Outcome.buffers`. `shared_memory`: the caller lives in this
-    process (a thread), so argument and result buffers are copied to keep the callee's changes its own.
+    process (a thread), so result buffers are copied to keep the callee's later changes its own (argument
+    buffers are the call's own snapshot already, see `ArgumentEncoder` and `Call.copy`).
 
     >>> outcome = run_call(fn, call, out_of_band=True)
     """
     try:
-        buffers = [copied(memoryview(b)) for b in call.buffers] if shared_memory else call.buffers
-        args, kwargs = loads(call.payload, buffers=buffers)
+        args, kwargs = loads(call.payload, buffers=call.buffers)
         result = fn(*args, **kwargs)
     except KeyboardInterrupt:
         raise

@@ -59,6 +59,9 @@ class LocalApparatus(Apparatus):
     def _dispatch_on_caller_thread(self) -> bool:
         return self.mode == "thread"
 
+    def _callees_own_memory(self) -> bool:
+        return self.mode != "thread"
+
     def close(self) -> None:
         self._pools.close()
 
