@@ -178,7 +178,7 @@ def test_a_call_id_modal_does_not_know_is_reported_clearly(modal_project):
 def test_a_run_is_one_detached_app_with_one_function_whatever_its_size(modal_project, modal_emulator):
     with make_detached("modal", "sized") as app, modal_emulator.recorder.counting() as rpcs:
         run = app.spawn_map(functions.square, range(20))
-    assert rpcs["AppCreate"] == 1 and rpcs["FunctionCreate"] == 1
+    assert rpcs["AppCreate"] == 1 and rpcs["FunctionCreate"] == 1, f"RPCs of the launch: {dict(rpcs)}"
     assert run.results(timeout=60) == [x * x for x in range(20)]
     assert len({job.backend_id for job in run}) == 20, "each call has its own function-call id"
 
