@@ -46,7 +46,7 @@ class Apparatus(ABC):
     # ----- what a backend supplies -------------------------------------------------------------------
 
     @abstractmethod
-    async def _open_dispatch(self, fn: Callable[..., Any], fn_blob: bytes) -> Dispatch:
+    async def _open_dispatch(self, fn: Callable[..., Any], fn_blob: bytes, *, ordered: bool) -> Dispatch:
         """Start one map of `fn` (pickled once as `fn_blob`) under `self.options`."""
 
     @abstractmethod
@@ -322,7 +322,9 @@ class _MapRun:
     async def next_batch(self) -> list[tuple[bool, Any]] | None:
         """The next results in output order, or None when the map is finished."""
         if self._dispatch is None:
-            self._dispatch = await self._apparatus._open_dispatch(self._fn, dump_function(self._fn))
+            self._dispatch = await self._apparatus._open_dispatch(
+                self._fn, dump_function(self._fn), ordered=self._ordered
+            )
             self._progress = Progress(self._apparatus.name, self._progress_enabled)
         while True:
             self._feed()

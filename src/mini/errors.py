@@ -10,7 +10,8 @@ class MiniError(Exception):
 class OptionError(MiniError, ValueError, TypeError):
     """An unknown or invalid option was given to an apparatus (see `Apparatus.w`).
 
-    Both a `TypeError` (an unknown name, like an unexpected keyword argument) and a `ValueError` (a bad value).
+    Both a `TypeError` (an unknown name, like an unexpected keyword argument) and a `ValueError` (a bad
+    value).
     """
 
 

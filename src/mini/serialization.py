@@ -214,7 +214,9 @@ def dump_function(fn: Callable[..., Any]) -> bytes:
     each map sees the state it closes over when the map starts.
     """
     with contextlib.suppress(KeyError, TypeError):  # TypeError: not weakly referenceable
-        return _by_reference[fn]
+        cached = _by_reference[fn]
+        if not _registered_by_value(fn):  # registering its module later must take effect
+            return cached
     try:
         blob = dumps(fn)
     except Exception as exc:
@@ -228,6 +230,14 @@ def dump_function(fn: Callable[..., Any]) -> bytes:
 
 
 _by_reference: weakref.WeakKeyDictionary[Callable[..., Any], bytes] = weakref.WeakKeyDictionary()
+
+
+def _registered_by_value(fn: Callable[..., Any]) -> bool:
+    module = getattr(fn, "__module__", None) or ""
+    return any(
+        module == name or module.startswith(name + ".")
+        for name in cloudpickle.list_registry_pickle_by_value()
+    )
 
 
 def _pickles_by_reference(fn: types.FunctionType, blob: bytes) -> bool:

@@ -109,3 +109,16 @@ def zero_blocks(x: int, folder: str) -> int:
     if x == 0:
         wait_for(os.path.join(folder, "release"))
     return x
+
+
+def zero_first_and_sum(array):
+    """Mutates its argument in place (the caller must not see it) and returns the sum before."""
+    total = float(array.sum())
+    array[0] = 0
+    return total
+
+
+def ones(n: int):
+    import numpy
+
+    return numpy.ones(n)

@@ -87,3 +87,53 @@ def test_run_accepts_lambdas_and_closures(app):
     offset = 5
     assert app.run(lambda x: x + offset, 1) == 6
     assert list(app.map(lambda x: x * offset, [1, 2])) == [5, 10]
+
+
+def test_registering_a_module_by_value_after_a_first_call_takes_effect(app, backend):
+    import cloudpickle
+
+    import tests.behaviour.by_reference as module
+
+    if backend in ("isolated", "modal"):  # by reference: tests/ is not shipped there
+        with pytest.raises(ModuleNotFoundError):
+            app.run(module.double, 2)
+    else:
+        assert app.run(module.double, 2) == 4
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        assert app.run(module.double, 3) == 6  # by value: works where tests/ is not shipped
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+BIG = 100_000  # float64 elements: 800 kB, large enough to travel out of band
+
+
+def test_a_large_array_argument_is_the_callees_own_copy(app):
+    import numpy
+
+    array = numpy.arange(BIG, dtype=numpy.float64)
+    assert app.run(calls.zero_first_and_sum, array) == float(array.sum())
+    assert array[0] == 0.0 and array[1] == 1.0
+    array[0] = 7.0
+    assert app.run(calls.zero_first_and_sum, array) == float(array.sum())
+    assert array[0] == 7.0
+
+
+def test_a_generator_reusing_one_array_sends_its_value_at_each_step(app):
+    import numpy
+
+    shared = numpy.zeros(BIG)
+
+    def steps():
+        for value in range(4):
+            shared[:] = value
+            yield shared
+
+    assert list(app.map(calls.zero_first_and_sum, steps())) == [float(v * BIG) for v in range(4)]
+
+
+def test_large_results_are_writable_and_independent(app):
+    first, second = app.map(calls.ones, [BIG, BIG])
+    first[0] = 5.0
+    assert second[0] == 1.0 and first.flags.writeable

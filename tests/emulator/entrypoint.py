@@ -81,6 +81,8 @@ def main():
     except BaseException as exc:
         function, load_error = None, exc
         traceback.print_exc()
+    # Container start-up ends here: an input's timeout counts from now, as on Modal.
+    _write_frame(replies, {"status": "ready"})
     while True:
         message = _read_frame(requests)
         if message is None:

@@ -99,6 +99,7 @@ class Container:
             asyncio.create_task(self._forward_logs(self._process.stderr, "stderr")),
         ]
         await self._send(self._spec.definition)
+        await self._read_reply()  # "ready": the function is loaded, so start-up is not billed to an input
 
     async def run(self, message: dict[str, object], timeout: float | None) -> dict[str, object]:
         """Send one input and wait for its reply; `asyncio.TimeoutError` after `timeout` seconds."""
@@ -129,13 +130,16 @@ class Container:
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise ContainerExited(await self._exit_description()) from exc
 
-    async def _receive(self) -> dict[str, object]:
+    async def _read_reply(self) -> dict[str, object]:
         assert self._replies is not None
         try:
             (size,) = struct.unpack(">I", await self._replies.readexactly(4))
-            reply = pickle.loads(await self._replies.readexactly(size))
+            return pickle.loads(await self._replies.readexactly(size))
         except asyncio.IncompleteReadError as exc:
             raise ContainerExited(await self._exit_description()) from exc
+
+    async def _receive(self) -> dict[str, object]:
+        reply = await self._read_reply()
         for marks in self._marks.values():
             await marks.get()
         return reply

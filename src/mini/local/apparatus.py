@@ -47,7 +47,8 @@ class LocalApparatus(Apparatus):
         self.mode = mode
         self._pools = _Pools(name, workers, mode)
 
-    async def _open_dispatch(self, fn: Callable[..., Any], fn_blob: bytes) -> Dispatch:
+    async def _open_dispatch(self, fn: Callable[..., Any], fn_blob: bytes, *, ordered: bool) -> Dispatch:
+        # Ordering is the base's job here; outcomes are handed over as they complete.
         if self.mode == "thread":
             return open_thread_dispatch(self._pools.threads(), fn_blob, self.options)
         pool = await self._pools.processes()

@@ -53,12 +53,16 @@ class ModalApparatus(Apparatus):
     def _retries_handled_by_backend(self) -> bool:
         return True
 
-    async def _open_dispatch(self, fn: Callable[..., Any], fn_blob: bytes) -> Dispatch:
+    async def _open_dispatch(self, fn: Callable[..., Any], fn_blob: bytes, *, ordered: bool) -> Dispatch:
         name = function_name(fn, fn_blob, self.options)
         function = await self._session.function_for(name, fn_blob, self.options)
         startup = self.options.startup_timeout or modal_options.DEFAULT_STARTUP_TIMEOUT
         return ModalDispatch(
-            function, window=_WINDOW, startup_timeout=startup, abandon=lambda: self._session.stop(name)
+            function,
+            ordered=ordered,
+            window=_WINDOW,
+            startup_timeout=startup,
+            abandon=lambda: self._session.stop(name),
         )
 
     def _detached_launcher(self) -> Launcher:

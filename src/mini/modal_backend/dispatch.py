@@ -17,9 +17,18 @@ _END = object()
 
 class ModalDispatch(Dispatch):
     def __init__(
-        self, function: Any, *, window: int, startup_timeout: float, abandon: Callable[[], Awaitable[None]]
+        self,
+        function: Any,
+        *,
+        ordered: bool,
+        window: int,
+        startup_timeout: float,
+        abandon: Callable[[], Awaitable[None]],
     ) -> None:
         self._function = function
+        # In order, Modal's next output always belongs to the oldest outstanding input, so even a platform
+        # error (which names no input) is attributed exactly; out of order it can only be the best guess.
+        self._ordered = ordered
         self._abandon = abandon
         self._window = window
         self._startup_timeout = startup_timeout
@@ -52,7 +61,9 @@ class ModalDispatch(Dispatch):
 
     async def _consume(self) -> None:
         try:
-            results = self._function.starmap.aio(self._stream(), order_outputs=False, return_exceptions=True)
+            results = self._function.starmap.aio(
+                self._stream(), order_outputs=self._ordered, return_exceptions=True
+            )
             async with contextlib.aclosing(results):
                 async for result in results:
                     self._any_result = True
@@ -68,7 +79,7 @@ class ModalDispatch(Dispatch):
             return Outcome(index, True, data)
         if isinstance(result, CallFailed):
             return Outcome(result.index, False, result.error)
-        # A platform error (timeout, container crash) names no input: it belongs to the oldest one running.
+        # A platform error (timeout, container crash) names no input: see `_ordered`.
         index = next(iter(self._outstanding), -1)
         return Outcome(index, False, _platform_error(index, result))
 
