@@ -154,3 +154,13 @@ def test_the_cli_runs_the_same_experiment_on_modal(modal_emulator, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().replace("\n", "").replace(" ", "") == "[1,2,3]"
+
+
+def test_interpreter_exit_stops_the_app(modal_emulator):
+    script = "from mini import ModalApparatus\nprint(ModalApparatus('left-open').run(pow, 2, 5))\n"
+    env = {**os.environ, **modal_emulator.client_variables()}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "32"
+    app = [a for a in modal_emulator.recorder.apps.values() if a.description == "mini-left-open"][-1]
+    assert app.states[-1] == "stopped"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import hashlib
 import math
@@ -77,6 +78,19 @@ class ModalApparatus(Apparatus):
             _loop.wait(self._session.aclose())
 
 
+# Sessions with a running app, held here so that an apparatus dropped without close() still has its apps
+# stopped at exit; otherwise an ephemeral app lingers (and bills) until Modal notices missing heartbeats.
+_with_running_apps: set[_Session] = set()
+
+
+def _stop_apps_at_exit() -> None:
+    # Registered when the first app starts, after modal's own exit hooks (atexit runs in reverse order),
+    # so it runs while both mini's loop and modal's client can still stop the apps.
+    for session in list(_with_running_apps):
+        with contextlib.suppress(Exception):
+            _loop.wait(session.aclose())
+
+
 class _Session:
     """What an apparatus and its variants share: the image spec, images, and the running apps."""
 
@@ -100,11 +114,17 @@ class _Session:
                     await stack.aclose()
                     raise
                 self._running[name] = (function, stack)
+                if not _with_running_apps:
+                    atexit.unregister(_stop_apps_at_exit)
+                    atexit.register(_stop_apps_at_exit)
+                _with_running_apps.add(self)
             return self._running[name][0]
 
     async def stop(self, name: str) -> None:
         """Stop the app running `name`, killing its containers; the next call starts it afresh."""
         entry = self._running.pop(name, None)
+        if not self._running:
+            _with_running_apps.discard(self)
         if entry is not None:
             await entry[1].aclose()
 
