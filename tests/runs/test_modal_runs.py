@@ -183,29 +183,33 @@ def test_a_run_is_one_detached_app_with_one_function_whatever_its_size(modal_pro
     assert len({job.backend_id for job in run}) == 20, "each call has its own function-call id"
 
 
-def test_an_interrupted_launch_cancels_every_call_it_had_spawned(modal_project, modal_emulator, tmp_path):
-    launch = textwrap.dedent(
-        """
-        import sys, time
-        from pathlib import Path
-        from mini import ModalApparatus
+# Launches 400 calls that each wait for a file: long enough to stop the launcher while it spawns.
+LONG_LAUNCH = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from mini import ModalApparatus
 
-        def wait_for(release):
-            while not Path(release).exists():
-                time.sleep(0.02)
+    def wait_for(release):
+        while not Path(release).exists():
+            time.sleep(0.02)
 
-        ModalApparatus("interrupted").spawn_map(wait_for, [sys.argv[1]] * 400)
-        """
+    ModalApparatus("long").spawn_map(wait_for, [sys.argv[1]] * 400)
+    """
+)
+
+
+def start_long_launch(project: Path, env: dict[str, str], release: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", LONG_LAUNCH, str(release)], cwd=project, env=env, stderr=subprocess.PIPE
     )
+
+
+def test_an_interrupted_launch_cancels_every_call_it_had_spawned(modal_project, modal_emulator, tmp_path):
     recorder = modal_emulator.recorder
     spawned_before = recorder.rpc_counts["FunctionMap"]  # a spawn is one FunctionMap request
     with recorder.counting() as rpcs:
-        launcher = subprocess.Popen(
-            [sys.executable, "-c", launch, str(tmp_path / "never")],
-            cwd=modal_project,
-            env=client_env(modal_emulator),
-            stderr=subprocess.PIPE,
-        )
+        launcher = start_long_launch(modal_project, client_env(modal_emulator), tmp_path / "never")
         wait_until(lambda: recorder.rpc_counts["FunctionMap"] > spawned_before, what="a first spawn")
         launcher.send_signal(signal.SIGINT)
         launcher.communicate(timeout=120)
@@ -216,3 +220,22 @@ def test_an_interrupted_launch_cancels_every_call_it_had_spawned(modal_project, 
         f"each spawned call is cancelled on Modal: {dict(rpcs)}"
     )
     assert run.counts()["cancelled"] == 400
+
+
+def test_calls_spawned_before_the_launcher_was_killed_can_be_found_and_cancelled(
+    modal_project, modal_emulator, tmp_path
+):
+    runs = modal_project / ".mini" / "runs"
+    launcher = start_long_launch(modal_project, client_env(modal_emulator), tmp_path / "never")
+    wait_until(lambda: list(runs.glob("*/calls/*/modal_call_id")), what="a first call to be spawned")
+    launcher.kill()
+    launcher.communicate(timeout=60)
+    noted = len(list(runs.glob("*/calls/*/modal_call_id")))
+
+    run = Run.open(next(runs.iterdir()).name)
+    counts = run.counts()
+    assert run.record.launched is None and counts["running"] == noted and 0 < noted < 400
+    assert counts["failed"] == 400 - noted, "calls never spawned are failed, not pending forever"
+    with modal_emulator.recorder.counting() as rpcs:
+        assert run.cancel() == noted
+    assert rpcs["FunctionCallCancel"] == noted, "each call spawned before the kill is stopped on Modal"

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
-from collections.abc import AsyncIterator, Sequence
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mini import _loop
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from mini.serialization import Call
 
 _APP_FILE = "modal.json"  # the run's detached app and function, for people looking for its logs
+_CALL_ID_FILE = "modal_call_id"  # per call, written as soon as it is spawned (see `_note_spawned`)
 _SPAWNS_IN_FLIGHT = 32  # spawn RPCs at once: a large sweep is handed over quickly without a burst of 1000
 
 
@@ -82,14 +85,20 @@ class ModalLauncher(Launcher):
             await run_app(app, self._options, stack, detach=True)
             self._session.announce(name, self._options)
             run.write_file(_APP_FILE, json.dumps({"app_id": app.app_id, "function": name}).encode())
-            spawned = await _spawn_all(function, calls)
+            spawned = await _spawn_all(function, calls, functools.partial(_note_spawned, run))
         # Leaving the block disconnects this client; a detached app keeps running until its calls end.
         return [handle.object_id for handle in spawned]
 
 
-async def _spawn_all(function: Any, calls: Sequence[Call]) -> list[Any]:
-    """Spawn every call, a bounded number at once. If one spawn fails or the launch is interrupted, cancel
-    every call already spawned, so that a failed launch leaves nothing running."""
+async def _spawn_all(
+    function: Any, calls: Sequence[Call], on_spawned: Callable[[int, Any], None]
+) -> list[Any]:
+    """Spawn every call, a bounded number at once, telling `on_spawned` of each.
+
+    If one spawn fails or the launch is interrupted, no more are sent, and those in flight are let finish,
+    so that every call Modal started has its id noted and is cancelled with the rest of the run (by
+    `mini.runs.launch`, through `ModalMonitor`): a failed launch leaves nothing running.
+    """
     if not calls:
         return []
     limit = asyncio.Semaphore(_SPAWNS_IN_FLIGHT)
@@ -98,12 +107,14 @@ async def _spawn_all(function: Any, calls: Sequence[Call]) -> list[Any]:
     async def spawn(call: Call) -> Any:
         async with limit:
             sent.add(asyncio.current_task())  # type: ignore[arg-type]
-            return await function.spawn.aio(call.index, call.payload)
+            handle = await function.spawn.aio(call.index, call.payload)
+            on_spawned(call.index, handle)
+            return handle
 
     tasks = [asyncio.ensure_future(spawn(call)) for call in calls]
     try:
-        # `wait`, not `gather`: an interrupted gather would cancel spawns in flight, whose calls Modal
-        # may already have started under ids this process would then never learn.
+        # `wait`, not `gather`: an interrupted gather would cancel the spawns in flight, whose calls Modal
+        # may have started already, under ids this process would then never learn.
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
             task.result()
@@ -113,9 +124,17 @@ async def _spawn_all(function: Any, calls: Sequence[Call]) -> list[Any]:
             if task not in sent:
                 task.cancel()
         await asyncio.wait(tasks)
-        spawned = [task.result() for task in tasks if not task.cancelled() and task.exception() is None]
-        await asyncio.gather(*(handle.cancel.aio() for handle in spawned), return_exceptions=True)
         raise
+
+
+def _note_spawned(run: RunFolder, index: int, handle: Any) -> None:
+    # The record gets every id once all are spawned; until then, this file lets any process find (and
+    # cancel) a call whose launcher was killed mid-launch. Renamed into place but not fsynced, so that a
+    # sweep of thousands is not slowed down: it has to survive the process, not a power cut.
+    path = run.call_dir(index) / _CALL_ID_FILE
+    partial = path.with_name(f".{_CALL_ID_FILE}.partial")
+    partial.write_text(handle.object_id)
+    os.replace(partial, path)
 
 
 class ModalMonitor(Monitor):
@@ -125,10 +144,19 @@ class ModalMonitor(Monitor):
     from the moment it was spawned.
     """
 
+    def backend_id(self, run: RunFolder, call: CallRecord) -> str | None:
+        if call.backend_id is not None:
+            return call.backend_id
+        try:
+            return (run.call_dir(call.index) / _CALL_ID_FILE).read_text() or None
+        except FileNotFoundError:
+            return None
+
     def state(self, run: RunFolder, call: CallRecord) -> CallState:
-        if call.backend_id is None:
+        call_id = self.backend_id(run, call)
+        if call_id is None:
             return CallState("pending", "being handed over to Modal")
-        return _loop.wait(self._state(run, call, call.backend_id))
+        return _loop.wait(self._state(run, call, call_id))
 
     async def _state(self, run: RunFolder, call: CallRecord, call_id: str) -> CallState:
         from modal.exception import ExecutionError, FunctionTimeoutError, InternalFailure, OutputExpiredError
@@ -160,9 +188,10 @@ class ModalMonitor(Monitor):
         )
 
     def cancel(self, run: RunFolder, call: CallRecord) -> None:
-        # Without an id the call was never spawned, or its launcher cancels it (see `_spawn_all`).
-        if call.backend_id is not None:
-            _loop.wait(self._cancel(call.backend_id))
+        # Without an id, Modal holds nothing of this call to stop (unless a launcher is spawning it now).
+        call_id = self.backend_id(run, call)
+        if call_id is not None:
+            _loop.wait(self._cancel(call_id))
 
     async def _cancel(self, call_id: str) -> None:
         async with _asking_modal(call_id):
@@ -171,9 +200,10 @@ class ModalMonitor(Monitor):
     def logs(self, run: RunFolder, call: CallRecord) -> str:
         where = run.read_json(_APP_FILE) or {}
         app_id = where.get("app_id", "?")
+        call_id = self.backend_id(run, call) or "(not spawned)"
         text = (
             f"logs: see the Modal dashboard. mini keeps no copy of what Modal calls print; this is call "
-            f"{call.backend_id or '(not spawned)'} of function {where.get('function', '?')} in app {app_id}. "
+            f"{call_id} of function {where.get('function', '?')} in app {app_id}. "
             f"From a shell: `modal app logs {app_id}`.\n"
         )
         summary = run.outcome_summary(call.index)
