@@ -42,9 +42,10 @@ _SPAWNS_IN_FLIGHT = 32  # spawn RPCs at once: a large sweep is handed over quick
 
 
 class ModalLauncher(Launcher):
-    """Spawns a run's calls in a detached Modal app of their own, which outlives this process.
+    """Spawns a run's calls in a detached Modal app of their own, which outlives this process. One per
+    launch, made by `ModalApparatus` for `spawn` and `spawn_map`:
 
-    >>> launcher = ModalApparatus("sweep").w(gpu="A100")._detached_launcher()
+    >>> job = ModalApparatus("sweep").w(gpu="A100").spawn(train, lr=1e-3)   # the launcher runs in here
     """
 
     backend = "modal"
