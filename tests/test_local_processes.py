@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -79,3 +80,35 @@ def _wait_gone(pid: int) -> None:
             return
         os.sched_yield()
     raise AssertionError(f"worker {pid} outlived its parent")
+
+
+def test_ctrl_c_stops_the_calls_of_a_running_map(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+        from mini import LocalApparatus
+        from tests.behaviour import calls
+        with LocalApparatus("interrupted", workers=2, mode="process") as app:
+            try:
+                list(app.map(calls.mark_and_block, [1, 2, 3, 4], [{str(tmp_path)!r}] * 4))
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+                raise
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        while len(list(tmp_path.glob("started-*"))) < 2:
+            assert parent.poll() is None, "the script ended early"
+            os.sched_yield()
+        pids = [int(p.read_text()) for p in tmp_path.glob("started-*")]
+        parent.send_signal(signal.SIGINT)
+        out, _ = parent.communicate(timeout=60)
+        assert "interrupted" in out and parent.returncode != 0
+        for pid in pids:  # the map's workers were stopped before KeyboardInterrupt reached the caller
+            assert not Path(f"/proc/{pid}").exists()
+        assert sorted(p.name for p in tmp_path.glob("started-*")) == ["started-1", "started-2"]
+    finally:
+        parent.kill()
+        (tmp_path / "release").touch()
