@@ -20,19 +20,10 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from mini.auth import (
-    DEFAULT_TIMEOUT,
-    Reachability,
-    TokenStatus,
-    configured_token,
-    no_token,
-    probe_control_plane,
-    server_url,
-    verify_token,
-    without_password,
-)
+from mini.auth import TokenStatus, configured_token, no_token, server_url, verify_token
 from mini.image import ImageSpecError, derive_image_spec
 from mini.image.project import find_project_root, read_pyproject
+from mini.reachability import DEFAULT_TIMEOUT, Reachability, probe_control_plane, without_password
 from mini.tls import CA_BUNDLE_VARIABLES, TrustStoreError, ca_sources, ensure_grpc_trusts_system_ca
 
 _PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
