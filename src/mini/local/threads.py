@@ -89,7 +89,9 @@ class _ThreadDispatch(Dispatch):
         self._cancelled = False
 
     def capacity(self) -> int:
-        return max(4 * self._pool.workers, 16)
+        # Room for many tiny calls per wake-up of the core: with 16 in flight a 10,000-call map ran at
+        # 0.8x ThreadPoolExecutor's rate, with 128 at 1.75-2.15x. Queued calls of a closed map are skipped.
+        return max(64 * self._pool.workers, 128)
 
     def running(self) -> int:
         return len(self._started)
