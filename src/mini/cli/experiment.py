@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 
 class ExperimentError(Exception):
@@ -64,3 +65,13 @@ def _importable_name(path: Path) -> str | None:
         if all(part.isidentifier() for part in parts) and (root / parts[0]).is_dir():
             return ".".join(parts)
     return None
+
+
+def run_main(
+    module: ModuleType, backend: str, name: str, settings: dict[str, Any], options: dict[str, Any]
+) -> Any:
+    """Build the apparatus, call the experiment's `main(app)` with `options` applied, and close it."""
+    from mini import backends
+
+    with backends.make(backend, name, **settings) as app:
+        return module.main(app.w(**options))

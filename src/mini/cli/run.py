@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from mini import backends
-from mini.cli.experiment import ExperimentError, load_experiment
+from mini.cli.experiment import ExperimentError, load_experiment, run_main
 from mini.cli.output import render_result
 
 
@@ -72,14 +72,12 @@ def run(args: argparse.Namespace) -> int:
         "max_containers": args.max_containers,
     }
     name = args.name or module.__name__.rsplit(".", 1)[-1].replace("_", "-")
+    chosen = {k: v for k, v in options.items() if v is not None}
     if args.detach:
         from mini.cli.runs import detach_experiment
 
-        chosen = {k: v for k, v in options.items() if v is not None}
         return detach_experiment(args.experiment, backend, name, settings, chosen, args.plot)
-    with backends.make(backend, name, **settings) as app:
-        app = app.w(**{k: v for k, v in options.items() if v is not None})
-        result = module.main(app)
+    result = run_main(module, backend, name, settings, chosen)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:

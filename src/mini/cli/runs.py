@@ -241,12 +241,10 @@ def run_experiment(
     plot: str | None = None,
 ) -> Any:
     """Load an experiment and return its `main(app)`: what a detached `mini run` runs in its own process."""
-    from mini import backends
-    from mini.cli.experiment import load_experiment
+    from mini.cli.experiment import load_experiment, run_main
 
     module = load_experiment(target)
-    with backends.make(backend, name, **settings) as app:
-        result = module.main(app.w(**options))
+    result = run_main(module, backend, name, settings, options)
     if plot:
         module.plot(result, plot)
     return result
