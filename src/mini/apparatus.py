@@ -247,10 +247,7 @@ class Apparatus(ABC):
         run = _MapRun(self, fn, arg_tuples, kwargs, ordered=ordered, progress=self.options.progress)
         try:
             while (batch := _loop.wait(run.next_batch())) is not None:
-                for ok, value in batch:
-                    if not ok and not return_exceptions:
-                        raise value
-                    yield value
+                yield from _values(batch, return_exceptions)
         finally:
             _loop.wait(run.aclose())
 
@@ -265,12 +262,18 @@ class Apparatus(ABC):
         run = _MapRun(self, fn, arg_tuples, kwargs, ordered=ordered, progress=self.options.progress)
         try:
             while (batch := await _loop.wrap(run.next_batch())) is not None:
-                for ok, value in batch:
-                    if not ok and not return_exceptions:
-                        raise value
+                for value in _values(batch, return_exceptions):
                     yield value
         finally:
             await _loop.wrap(run.aclose())
+
+
+def _values(batch: list[tuple[bool, Any]], return_exceptions: bool) -> Iterator[Any]:
+    """A batch's results; a failure is raised, or yielded in its place with `return_exceptions`."""
+    for ok, value in batch:
+        if not ok and not return_exceptions:
+            raise value
+        yield value
 
 
 def _need_iterables(verb: str, iterables: tuple[Any, ...]) -> None:
