@@ -101,6 +101,15 @@ def wait(coro: Coroutine[Any, Any, T]) -> T:
         raise
 
 
+def close(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a backend's cleanup: wait for it from any other thread; from the loop's own thread (a close()
+    inside a mapped call's cleanup) schedule it instead, since blocking there would deadlock."""
+    if in_loop_thread():
+        asyncio.ensure_future(coro)
+    else:
+        wait(coro)
+
+
 async def wrap(coro: Coroutine[Any, Any, T]) -> T:
     """Await `coro` on the private loop from the caller's loop; cancelling the caller cancels it."""
     if in_loop_thread():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import ssl
 import tempfile
@@ -27,6 +26,7 @@ from grpclib import GRPCError, Status
 from grpclib.events import RecvRequest, listen
 from grpclib.server import Server
 
+from mini.local._environ import applied
 from tests.emulator.blobs import BlobStore
 from tests.emulator.recorder import Recorder
 from tests.emulator.servicer import Servicer
@@ -101,22 +101,15 @@ class Emulator:
         """
         import modal.config
 
-        variables = self.client_variables(**tokens)
-        saved = {name: os.environ.get(name) for name in variables}
         saved_config = (modal.config._user_config, modal.config.user_config_path)
-        os.environ.update(variables)
-        modal.config._user_config, modal.config.user_config_path = {}, str(self._config_path)
-        _drop_cached_client()
-        try:
-            yield
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-            modal.config._user_config, modal.config.user_config_path = saved_config
+        with applied(self.client_variables(**tokens)):
+            modal.config._user_config, modal.config.user_config_path = {}, str(self._config_path)
             _drop_cached_client()
+            try:
+                yield
+            finally:
+                modal.config._user_config, modal.config.user_config_path = saved_config
+                _drop_cached_client()
 
     def add_secret(self, name: str, env: dict[str, str]) -> None:
         """Make `modal.Secret.from_name(name)` resolve to `env` (Modal's named secrets live server-side)."""

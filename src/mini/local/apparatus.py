@@ -118,7 +118,4 @@ class _Pools:
             self._threads.close()
         pool, self._processes = self._processes, None
         if pool is not None:
-            if _loop.in_loop_thread():
-                asyncio.ensure_future(pool.aclose())
-            else:
-                _loop.wait(pool.aclose())
+            _loop.close(pool.aclose())

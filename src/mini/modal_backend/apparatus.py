@@ -72,10 +72,7 @@ class ModalApparatus(Apparatus):
         return ModalLauncher(self._session, self.name, self.options)
 
     def close(self) -> None:
-        if _loop.in_loop_thread():
-            asyncio.ensure_future(self._session.aclose())
-        else:
-            _loop.wait(self._session.aclose())
+        _loop.close(self._session.aclose())
 
 
 # Sessions with a running app, held here so that an apparatus dropped without close() still has its apps
