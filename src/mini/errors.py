@@ -53,5 +53,13 @@ class RemoteTraceback(Exception):
         return "\n\nRemote traceback:\n" + self.text
 
 
+class BackendError(MiniError):
+    """The backend itself failed while running calls (a lost connection, a stopped app), not a call."""
+
+
+class StartupTimeoutError(BackendError, TimeoutError):
+    """No call finished within the apparatus's `startup_timeout`: the workers may be failing to start."""
+
+
 class ModalAuthError(MiniError):
     """Modal refused or found no token."""

@@ -261,21 +261,40 @@ def run_call(
     """
     try:
         args, kwargs = loads(call.payload, buffers=call.buffers)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        return Outcome(call.index, False, encode_error(exc))
+    return invoke(fn, call.index, args, kwargs, out_of_band, shared_memory)
+
+
+def invoke(
+    fn: Callable[..., Any],
+    index: int,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    out_of_band: bool = False,
+    shared_memory: bool = False,
+) -> Outcome:
+    """`fn(*args, **kwargs)` with its result or error encoded, for arguments already unpickled (see
+    `run_call`, which also unpickles them)."""
+    try:
         result = fn(*args, **kwargs)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # SystemExit from user code is a failed call, not our exit
-        return Outcome(call.index, False, encode_error(exc))
+        return Outcome(index, False, encode_error(exc))
     try:
         result_buffers: list[Buffer] | None = [] if out_of_band else None
         data = dump_result(result, result_buffers, copy=shared_memory)
-        return Outcome(call.index, True, data, result_buffers or ())
+        return Outcome(index, True, data, result_buffers or ())
     except Exception as exc:
+        which = f"call #{index}" if index >= 0 else "the call"
         error = SerializationError(
-            f"the result of call #{call.index} ({type(result).__name__}) cannot be pickled: {exc}. "
+            f"the result of {which} ({type(result).__name__}) cannot be pickled: {exc}. "
             "Return plain data (numbers, lists, dicts, arrays) instead."
         )
-        return Outcome(call.index, False, encode_error(error))
+        return Outcome(index, False, encode_error(error))
 
 
 def encode_error(exc: BaseException) -> bytes:

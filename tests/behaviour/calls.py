@@ -122,3 +122,16 @@ def ones(n: int):
     import numpy
 
     return numpy.ones(n)
+
+
+def finish_after(x: int, folder: str, waits: list[str], fate: str) -> int:
+    """Call x waits for the markers `waits`, then leaves its own (`done-x`) and returns x; with `fate`
+    "stuck" it runs past any timeout instead, with "crash" it kills its process."""
+    if fate == "stuck":
+        time.sleep(120)
+    elif fate == "crash":
+        os._exit(13)
+    for name in waits:
+        wait_for(os.path.join(folder, name))
+    Path(folder, f"done-{x}").touch()
+    return x

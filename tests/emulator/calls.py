@@ -30,6 +30,7 @@ class Input:
     data_format: int
     task: asyncio.Task | None = None
     done: bool = False
+    retry_count: int = 0  # the attempt a client-side retry asked for (FunctionRetryInputs)
 
 
 @dataclass
@@ -37,9 +38,11 @@ class FunctionCall:
     function_call_id: str
     function_id: str
     invocation_type: int
+    client_retries: bool = False
     inputs: list[Input] = field(default_factory=list)
     outputs: list[api_pb2.FunctionGetOutputsItem] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _popped: set[int] = field(default_factory=set)  # ids of outputs a `clear_on_success` poll took
 
     def add_input(self, idx: int, args: bytes, data_format: int) -> Input:
         item = Input(input_id=f"in-{next(_input_ids)}", idx=idx, args=args, data_format=data_format)
@@ -53,6 +56,15 @@ class FunctionCall:
         item.done = True
         self.outputs.append(output)
         self._notify()
+
+    def reopen(self, item: Input, retry_count: int) -> None:
+        """Take `item` back for another attempt that a client asked for."""
+        item.done = False
+        item.retry_count = retry_count
+        self._notify()
+
+    def input(self, input_id: str) -> Input:
+        return next(item for item in self.inputs if item.input_id == input_id)
 
     @property
     def num_unfinished(self) -> int:
@@ -74,15 +86,26 @@ class FunctionCall:
         return page, after_entry + len(page)
 
     async def wait_indices(
-        self, start: int, end: int, timeout: float
+        self, start: int, end: int, timeout: float, *, clear: bool = False
     ) -> list[api_pb2.FunctionGetOutputsItem]:
-        """Outputs of inputs `start..end` (inclusive), waiting up to `timeout` seconds for at least one."""
+        """Outputs of inputs `start..end` (inclusive), waiting up to `timeout` seconds for at least one.
+
+        With `clear` they are popped, as for a call's `.remote()` (`clear_on_success`): after a client
+        retries the input, the next poll waits for the new attempt's output, not the old one's.
+        """
 
         def matching() -> list[api_pb2.FunctionGetOutputsItem]:
-            return [output for output in self.outputs if start <= output.idx <= end]
+            return [
+                output
+                for output in self.outputs
+                if start <= output.idx <= end and id(output) not in self._popped
+            ]
 
         await self._wait_until(lambda: bool(matching()), timeout)
-        return matching()
+        found = matching()
+        if clear:
+            self._popped.update(id(output) for output in found)
+        return found
 
     async def _wait_until(self, condition, timeout: float) -> None:
         loop = asyncio.get_running_loop()

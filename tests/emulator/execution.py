@@ -81,7 +81,7 @@ async def run_input(
                 data_format=item.data_format,
                 input_started_at=started_at,
                 output_created_at=time.time(),
-                retry_count=0,
+                retry_count=item.retry_count,
             )
         attempt += 1
         await asyncio.sleep(policy.delay_before(attempt))

@@ -11,6 +11,7 @@ mounted files (the container's `/root`), and the environment variables of its im
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 from collections.abc import Callable
@@ -71,13 +72,32 @@ class FunctionRunner:
         self._stopping: set[asyncio.Task] = set()
 
     def put_input(
-        self, function: EmulatedFunction, call: FunctionCall, *, idx: int, args: bytes, data_format: int
+        self,
+        function: EmulatedFunction,
+        call: FunctionCall,
+        *,
+        idx: int,
+        args: bytes,
+        data_format: int,
+        client_retries: bool = False,
     ) -> Input:
         item = call.add_input(idx=idx, args=args, data_format=data_format)
-        item.task = asyncio.create_task(self._run(function, call, item))
+        self._start(function, call, item, client_retries)
+        return item
+
+    def retry_input(
+        self, function: EmulatedFunction, call: FunctionCall, item: Input, retry_count: int
+    ) -> None:
+        """Run `item` again as attempt `retry_count`, as a client's FunctionRetryInputs asks."""
+        call.reopen(item, retry_count)
+        self._start(function, call, item, client_retries=True)
+
+    def _start(
+        self, function: EmulatedFunction, call: FunctionCall, item: Input, client_retries: bool
+    ) -> None:
+        item.task = asyncio.create_task(self._run(function, call, item, client_retries))
         # A task cancelled before it first runs never enters `_run`, so its output is recorded here.
         item.task.add_done_callback(lambda task: _record_cancellation(task, call, item))
-        return item
 
     def cancel(self, call: FunctionCall) -> None:
         for item in call.inputs:
@@ -94,14 +114,19 @@ class FunctionRunner:
     async def shutdown(self, functions: list[EmulatedFunction]) -> None:
         await asyncio.gather(*self._stopping, *(fn.pool.shutdown() for fn in functions if fn.pool))
 
-    async def _run(self, function: EmulatedFunction, call: FunctionCall, item: Input) -> None:
+    async def _run(
+        self, function: EmulatedFunction, call: FunctionCall, item: Input, client_retries: bool
+    ) -> None:
+        policy = ExecutionPolicy.of(function.definition)
+        if client_retries:  # the client retries: each attempt's output is final here
+            policy = dataclasses.replace(policy, retries=0)
         try:
             pool = await self._pool(function)
             output = await run_input(
                 pool,
                 call,
                 item,
-                policy=ExecutionPolicy.of(function.definition),
+                policy=policy,
                 blobs=self._blobs,
                 count_attempt=lambda: self._recorder.attempts.update([item.input_id]),
             )
@@ -173,4 +198,5 @@ def _failed_output(item: Input, status: Any, message: str) -> api_pb2.FunctionGe
         idx=item.idx,
         result=api_pb2.GenericResult(status=status, exception=message),
         data_format=item.data_format,
+        retry_count=item.retry_count,
     )

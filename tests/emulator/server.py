@@ -49,8 +49,10 @@ class Emulator:
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
         heartbeat_timeout: float = APP_HEARTBEAT_TIMEOUT,
+        client_retries: bool = False,
     ) -> None:
         self.recorder = Recorder()
+        self._client_retries = client_retries
         self.port = port
         self._ssl = ssl_context
         self._heartbeat_timeout = heartbeat_timeout
@@ -127,7 +129,12 @@ class Emulator:
             self._stopped = asyncio.Event()
             blobs = BlobStore()
             await blobs.start()
-            self._servicer = Servicer(recorder=self.recorder, blobs=blobs, workdir=self._workdir)
+            self._servicer = Servicer(
+                recorder=self.recorder,
+                blobs=blobs,
+                workdir=self._workdir,
+                client_retries=self._client_retries,
+            )
             server = Server([self._servicer])
             listen(server, RecvRequest, self._on_request)
             if self._ssl is not None:
@@ -169,15 +176,21 @@ def run_emulator(
     port: int = 0,
     ssl_context: ssl.SSLContext | None = None,
     heartbeat_timeout: float = APP_HEARTBEAT_TIMEOUT,
+    client_retries: bool = False,
 ) -> Iterator[Emulator]:
     """Start an emulator for the block (a free port unless `port` is given; TLS if `ssl_context`).
 
-    An ephemeral app whose client sends no heartbeat for `heartbeat_timeout` seconds is stopped.
+    An ephemeral app whose client sends no heartbeat for `heartbeat_timeout` seconds is stopped. With
+    `client_retries`, maps retry failed inputs from the client (FunctionMap answers
+    `sync_client_retries_enabled`, and the client sends FunctionRetryInputs), as Modal has its clients do;
+    otherwise the emulator retries them itself.
 
     with run_emulator() as emulator, emulator.client_environment():
         ...
     """
-    emulator = Emulator(port=port, ssl_context=ssl_context, heartbeat_timeout=heartbeat_timeout)
+    emulator = Emulator(
+        port=port, ssl_context=ssl_context, heartbeat_timeout=heartbeat_timeout, client_retries=client_retries
+    )
     emulator.start()
     try:
         yield emulator

@@ -23,6 +23,7 @@ from google.protobuf.empty_pb2 import Empty
 from grpclib import GRPCError, Status
 from grpclib.server import Stream
 from modal._image import ImageBuilderVersion
+from modal._utils.jwt_utils import DecodedJwt
 from modal.mount import client_mount_name
 from modal_proto import api_pb2
 from modal_proto.api_grpc import ModalClientBase
@@ -70,8 +71,11 @@ class _App:
 class Servicer(ModalClientBase):
     """Control-plane state (apps, images, mounts, functions, calls) and the RPCs over it."""
 
-    def __init__(self, *, recorder: Recorder, blobs: BlobStore, workdir: Path) -> None:
+    def __init__(
+        self, *, recorder: Recorder, blobs: BlobStore, workdir: Path, client_retries: bool = False
+    ) -> None:
         self.recorder = recorder
+        self._client_retries = client_retries
         self._blobs = blobs
         self._workdir = workdir
         self._ids = itertools.count(1)
@@ -429,15 +433,19 @@ class Servicer(ModalClientBase):
             function_id=request.function_id,
             invocation_type=request.function_call_invocation_type,
         )
+        # Modal has clients retry the inputs of calls they wait for; a spawned call is retried here.
+        call.client_retries = self._client_retries and (
+            request.function_call_invocation_type == api_pb2.FUNCTION_CALL_INVOCATION_TYPE_SYNC
+        )
         self._calls[call.function_call_id] = call
         pipelined = [self._put_input(function, call, item) for item in request.pipelined_inputs]
         await stream.send_message(
             api_pb2.FunctionMapResponse(
                 function_call_id=call.function_call_id,
-                function_call_jwt=call.function_call_id,
+                function_call_jwt=_jwt(function_call_id=call.function_call_id),
                 pipelined_inputs=pipelined,
                 retry_policy=function.definition.retry_policy,
-                sync_client_retries_enabled=False,
+                sync_client_retries_enabled=call.client_retries,
                 max_inputs_outstanding=1000,
             )
         )
@@ -449,6 +457,21 @@ class Servicer(ModalClientBase):
         items = [self._put_input(function, call, item) for item in request.inputs]
         await stream.send_message(api_pb2.FunctionPutInputsResponse(inputs=items))
 
+    async def FunctionRetryInputs(self, stream: Stream) -> None:
+        request: api_pb2.FunctionRetryInputsRequest = await stream.recv_message()
+        call = self._call(_claims(request.function_call_jwt)["function_call_id"])
+        if not call.client_retries:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION, "this function call's inputs are retried by the server"
+            )
+        function = self._function(call.function_id)
+        for retry in request.inputs:
+            item = call.input(_claims(retry.input_jwt)["input_id"])
+            self._runner.retry_input(function, call, item, retry.retry_count)
+        await stream.send_message(
+            api_pb2.FunctionRetryInputsResponse(input_jwts=[retry.input_jwt for retry in request.inputs])
+        )
+
     async def FunctionFinishInputs(self, stream: Stream) -> None:
         await stream.recv_message()
         await stream.send_message(Empty())
@@ -458,7 +481,9 @@ class Servicer(ModalClientBase):
         call = self._call(request.function_call_id)
         cursor = parse_entry_id(request.last_entry_id)
         if request.HasField("start_idx"):
-            outputs = await call.wait_indices(request.start_idx, request.end_idx, request.timeout)
+            outputs = await call.wait_indices(
+                request.start_idx, request.end_idx, request.timeout, clear=request.clear_on_success
+            )
         elif request.clear_on_success:
             outputs = []  # a map's closing acknowledgement: the client wants nothing more
         else:
@@ -508,10 +533,15 @@ class Servicer(ModalClientBase):
         else:
             args = put.input.args
         item = self._runner.put_input(
-            function, call, idx=put.idx, args=args, data_format=put.input.data_format
+            function,
+            call,
+            idx=put.idx,
+            args=args,
+            data_format=put.input.data_format,
+            client_retries=call.client_retries,
         )
         return api_pb2.FunctionPutInputsResponseItem(
-            idx=put.idx, input_id=item.input_id, input_jwt=item.input_id
+            idx=put.idx, input_id=item.input_id, input_jwt=_jwt(input_id=item.input_id, idx=put.idx)
         )
 
     def _provision(self, function: EmulatedFunction) -> Provision:
@@ -539,6 +569,19 @@ class Servicer(ModalClientBase):
             )
 
         return sink
+
+
+def _jwt(**claims: object) -> str:
+    """An unsigned JWT carrying `claims`, as the tokens Modal hands out for calls and inputs (its client
+    reads their payload, for example an input's `idx`)."""
+    return DecodedJwt.encode_without_signature(claims)
+
+
+def _claims(token: str) -> dict[str, Any]:
+    try:
+        return DecodedJwt.decode_without_verification(token).payload
+    except (ValueError, UnicodeDecodeError) as error:
+        raise GRPCError(Status.INVALID_ARGUMENT, f"malformed token {token[:40]!r}: {error}") from None
 
 
 def _unimplemented(name: str) -> Callable[[Servicer, Stream], Any]:

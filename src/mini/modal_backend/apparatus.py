@@ -17,7 +17,6 @@ from mini.apparatus import Apparatus
 from mini.dispatch import Dispatch
 from mini.errors import ModalAuthError
 from mini.modal_backend import options as modal_options
-from mini.modal_backend.dispatch import ModalDispatch
 from mini.options import Options
 
 if TYPE_CHECKING:
@@ -57,14 +56,10 @@ class ModalApparatus(Apparatus):
     async def _open_dispatch(self, fn: Callable[..., Any], fn_blob: bytes, *, ordered: bool) -> Dispatch:
         name = function_name(fn, fn_blob, self.options)
         function = await self._session.function_for(name, fn_blob, self.options)
+        from mini.modal_backend.dispatch import ModalDispatch
+
         startup = self.options.startup_timeout or modal_options.DEFAULT_STARTUP_TIMEOUT
-        return ModalDispatch(
-            function,
-            ordered=ordered,
-            window=_WINDOW,
-            startup_timeout=startup,
-            abandon=lambda: self._session.stop(name),
-        )
+        return ModalDispatch(function, window=_WINDOW, startup_timeout=startup)
 
     def _detached_launcher(self) -> Launcher:
         from mini.modal_backend.runs import ModalLauncher

@@ -23,8 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from mini import _loop
 from mini.modal_backend.apparatus import readable_name, run_app
-from mini.modal_backend.dispatch import _platform_error
-from mini.modal_backend.entry import CallFailed
 from mini.modal_backend.options import DEFAULT_MAX_CONTAINERS, DEFAULT_TIMEOUT
 from mini.runs.errors import RunError
 from mini.runs.launcher import Launcher, Monitor
@@ -86,14 +84,13 @@ class ModalLauncher(Launcher):
             await run_app(app, self._options, stack, detach=True)
             self._session.announce(name, self._options)
             run.write_file(_APP_FILE, json.dumps({"app_id": app.app_id, "function": name}).encode())
-            spawned = await _spawn_all(function, calls, functools.partial(_note_spawned, run))
+            return await _spawn_all(function, calls, functools.partial(_note_spawned, run))
         # Leaving the block disconnects this client; a detached app keeps running until its calls end.
-        return [handle.object_id for handle in spawned]
 
 
 async def _spawn_all(
-    function: Any, calls: Sequence[Call], on_spawned: Callable[[int, Any], None]
-) -> list[Any]:
+    function: Any, calls: Sequence[Call], on_spawned: Callable[[int, str], None]
+) -> list[str | None]:
     """Spawn every call, a bounded number at once, telling `on_spawned` of each.
 
     If one spawn fails or the launch is interrupted, no more are sent, and those in flight are let finish,
@@ -105,12 +102,14 @@ async def _spawn_all(
     limit = asyncio.Semaphore(_SPAWNS_IN_FLIGHT)
     sent: set[asyncio.Task[Any]] = set()
 
-    async def spawn(call: Call) -> Any:
+    async def spawn(call: Call) -> str:
+        from mini.modal_backend._invocation import on_client_loop, spawn_input
+
         async with limit:
             sent.add(asyncio.current_task())  # type: ignore[arg-type]
-            handle = await function.spawn.aio(call.index, call.payload)
-            on_spawned(call.index, handle)
-            return handle
+            call_id = await on_client_loop(spawn_input(function, call.payload))
+            on_spawned(call.index, call_id)
+            return call_id
 
     tasks = [asyncio.ensure_future(spawn(call)) for call in calls]
     try:
@@ -128,13 +127,13 @@ async def _spawn_all(
         raise
 
 
-def _note_spawned(run: RunFolder, index: int, handle: Any) -> None:
+def _note_spawned(run: RunFolder, index: int, call_id: str) -> None:
     # The record gets every id once all are spawned; until then, this file lets any process find (and
     # cancel) a call whose launcher was killed mid-launch. Renamed into place but not fsynced, so that a
     # sweep of thousands is not slowed down: it has to survive the process, not a power cut.
     path = run.call_dir(index) / _CALL_ID_FILE
     partial = path.with_name(f".{_CALL_ID_FILE}.partial")
-    partial.write_text(handle.object_id)
+    partial.write_text(call_id)
     os.replace(partial, path)
 
 
@@ -160,28 +159,25 @@ class ModalMonitor(Monitor):
         return _loop.wait(self._state(run, call, call_id))
 
     async def _state(self, run: RunFolder, call: CallRecord, call_id: str) -> CallState:
-        from modal.exception import ExecutionError, FunctionTimeoutError, InternalFailure, OutputExpiredError
-        from modal.exception import RemoteError as ModalRemoteError
+        from mini.tls import ensure_grpc_trusts_system_ca
 
-        from mini.serialization import Outcome, encode_error
+        ensure_grpc_trusts_system_ca()  # before modal opens its first connection
+        from mini.modal_backend._invocation import OutputExpired, on_client_loop, poll_call
 
         try:
             async with _asking_modal(call_id):
-                _, data = await _function_call(call_id).get.aio(timeout=0)
-        except CallFailed as failed:  # the user's exception, encoded by the entry with its traceback
-            outcome = Outcome(call.index, False, failed.error)
-        except (FunctionTimeoutError, ModalRemoteError, ExecutionError, InternalFailure) as error:
-            # the platform's failures: a timeout, a crashed container, a cancel from Modal's side
-            outcome = Outcome(call.index, False, encode_error(_platform_error(call.index, error)))
-        except OutputExpiredError:
+                outcome = await on_client_loop(poll_call(call_id, call.index))
+        except OutputExpired:
             return CallState(
                 "failed",
                 "Modal no longer holds its result (it keeps results for 7 days) and mini had not fetched it",
             )
-        except TimeoutError:  # Python's own, not Modal's: no output yet
+        if outcome is None:
             return CallState("running", "on Modal, queued or running")
-        else:
-            outcome = Outcome(call.index, True, data)
+        if not outcome.ok and isinstance(outcome.data, BaseException):
+            from mini.serialization import Outcome, encode_error
+
+            outcome = Outcome(call.index, False, encode_error(outcome.data))
         run.store_outcome(call.index, outcome)
         summary = run.outcome_summary(call.index) or {}
         return CallState(

@@ -1,0 +1,602 @@
+"""Modal's map and call RPCs, spoken by mini: every outcome tied to exactly the input it answers.
+
+Why not modal's public `Function.map`/`starmap`: it yields results without saying which input each one
+answers, and a platform failure (a timeout, a crashed container) arrives as an exception that names no
+input at all, so an unordered map cannot know which input failed. The outputs Modal's control plane sends
+do carry the input's `idx`. Reading them means speaking the RPCs `modal.parallel_map` speaks (FunctionMap,
+FunctionPutInputs, FunctionGetOutputs, FunctionRetryInputs, FunctionCallCancel) the way it speaks them,
+with modal's own RPC retry policy, blob transfer and result decoding. Every private name of `modal` that
+mini relies on is imported in this module, and the emulator tests exercise each path, so an upgrade of
+the pinned `modal` that moves one fails there first.
+
+It also lets mini do better than the public API: inputs are sent in full batches, arguments are pickled
+once (mini's pickle of `(args, kwargs)` is the input Modal unpickles in the container), and a map's
+outcomes cross from the modal client's event loop to mini's once per batch, not once per result.
+
+Everything here runs on the modal client's event loop (synchronicity's thread); `MapInvocation`'s public
+methods are the thread-safe doors from mini's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pickle
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from grpclib import Status
+from modal._functions import _Function
+from modal._serialization import deserialize
+from modal._utils.async_utils import synchronizer
+from modal._utils.blob_utils import blob_download, blob_upload_with_results
+from modal._utils.function_utils import ATTEMPT_TIMEOUT_GRACE_PERIOD, OUTPUTS_TIMEOUT, should_upload
+from modal._utils.grpc_utils import Retry
+from modal.client import _Client
+from modal.exception import DeserializationError
+from modal.exception import Error as ModalError
+from modal.retries import RetryManager
+from modal_proto import api_pb2
+
+from mini.errors import (
+    BackendError,
+    CallTimeoutError,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    WorkerCrashed,
+)
+from mini.modal_backend.entry import CallFailed
+from mini.serialization import Outcome
+
+# Inputs per FunctionPutInputs, as modal's own map sends them (the control plane's batch size).
+CHUNK = 49
+_Result = api_pb2.GenericResult
+# Never retried, whatever the policy says.
+_TERMINAL = (_Result.GENERIC_STATUS_SUCCESS, _Result.GENERIC_STATUS_TERMINATED)
+_PUT_RETRY = Retry(max_retries=None, max_delay=15, additional_status_codes=[Status.RESOURCE_EXHAUSTED])
+_OUTPUTS_RETRY = Retry(max_retries=20, attempt_timeout=OUTPUTS_TIMEOUT + ATTEMPT_TIMEOUT_GRACE_PERIOD)
+
+Deliver = Callable[[list[Outcome]], None]
+T = TypeVar("T")
+
+
+def client_loop() -> asyncio.AbstractEventLoop:
+    """The event loop the modal client (its gRPC channels) lives on."""
+    return synchronizer._get_loop(start=True)
+
+
+def _raw(function: Any) -> _Function:
+    """The implementation object behind a `modal.Function` (synchronicity's wrapper)."""
+    return synchronizer._translate_in(function)
+
+
+@dataclass
+class _Input:
+    index: int
+    item: api_pb2.FunctionPutInputsItem
+    jwt: str | None = None
+    retries: RetryManager | None = None
+
+
+class MapInvocation:
+    """One map of `function` in flight on Modal. `put` and `finish` are called from mini's loop; each
+    batch of outcomes goes to `deliver`, called on mini's loop, in completion order.
+
+    >>> invocation = MapInvocation(function, deliver=dispatch.take, home=asyncio.get_running_loop())
+    >>> invocation.put([(0, payload)]); invocation.finish()
+    >>> await invocation.aclose()        # stops what is outstanding on Modal
+    """
+
+    def __init__(self, function: Any, *, deliver: Deliver, home: asyncio.AbstractEventLoop) -> None:
+        self._function = _raw(function)
+        self._deliver_home = deliver
+        self._home = home
+        self._loop = client_loop()
+        self._pending: deque[tuple[int, bytes]] = deque()
+        self._finished = False
+        self._closed = False
+        self._task: asyncio.Future[None] | None = None
+        # Set on the client loop:
+        self._wake = asyncio.Event()
+        self._done = asyncio.Event()
+        self._inputs: dict[int, _Input] = {}  # put and not settled, by idx (mini's index)
+        self._unsent = 0
+        self._call_id: str | None = None
+        self._call_jwt = ""
+        self._retry_policy: api_pb2.FunctionRetryPolicy | None = None
+        self._client_retries = False
+        self._retry_queue: asyncio.Queue[_Input] = asyncio.Queue()
+
+    # ----- the doors from mini's loop ------------------------------------------------------------------
+
+    def put(self, calls: Sequence[tuple[int, bytes]]) -> None:
+        """Queue inputs `(index, payload)`; the first ones start the map."""
+        self._loop.call_soon_threadsafe(self._accept, list(calls))
+
+    def finish(self) -> None:
+        """No more inputs will be put."""
+        self._loop.call_soon_threadsafe(self._end_inputs)
+
+    async def aclose(self) -> None:
+        """Stop every outstanding input on Modal (killing the containers running them); idempotent."""
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close(), self._loop))
+
+    # ----- on the client loop -------------------------------------------------------------------------
+
+    def _accept(self, calls: list[tuple[int, bytes]]) -> None:
+        if self._closed:
+            return
+        self._pending.extend(calls)
+        self._unsent += len(calls)
+        if self._task is None:
+            # Started on the next turn of the loop, after a `finish` sent right behind these inputs, so
+            # that a single call (`run`) takes the cheaper one-input path.
+            self._task = asyncio.ensure_future(self._run())
+        self._wake.set()
+
+    def _end_inputs(self) -> None:
+        self._finished = True
+        self._wake.set()
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if self._finished and not self._unsent and not self._inputs:
+            self._done.set()
+
+    async def _run(self) -> None:
+        try:
+            if self._finished and len(self._pending) == 1:
+                await self._single()
+            else:
+                await self._map()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # the whole map failed: no outcome may be lost
+            self._fail_outstanding(error)
+
+    def _deliver(self, outcomes: list[Outcome]) -> None:
+        if outcomes:
+            self._home.call_soon_threadsafe(self._deliver_home, outcomes)
+
+    def _fail_outstanding(self, error: BaseException) -> None:
+        failure = _whole_map_error(error)
+        indices = [entry.index for entry in self._inputs.values()] + [index for index, _ in self._pending]
+        self._inputs.clear()
+        self._pending.clear()
+        self._unsent = 0
+        self._deliver([Outcome(index, False, failure) for index in indices])
+        self._check_done()
+
+    async def _item(self, index: int, payload: bytes, invocation_type: int) -> api_pb2.FunctionPutInputsItem:
+        function = self._function
+        # mini's pickle of (args, kwargs) is the input: the container's modal runtime unpickles it.
+        data_format = api_pb2.DATA_FORMAT_PICKLE
+        method = function._use_method_name
+        if not should_upload(
+            len(payload),
+            function._max_object_size_bytes,
+            function._max_async_object_size_bytes,
+            invocation_type,
+        ):
+            inline = api_pb2.FunctionInput(args=payload, data_format=data_format, method_name=method)
+            return api_pb2.FunctionPutInputsItem(idx=index, input=inline)
+        blob_id, uploads = await blob_upload_with_results(payload, function.client._stub)
+        return api_pb2.FunctionPutInputsItem(
+            idx=index,
+            input=api_pb2.FunctionInput(args_blob_id=blob_id, data_format=data_format, method_name=method),
+            blob_upload_results=uploads,
+        )
+
+    # ----- a map --------------------------------------------------------------------------------------
+
+    async def _map(self) -> None:
+        stub = self._function.client._stub
+        response = await stub.FunctionMap(
+            api_pb2.FunctionMapRequest(
+                function_id=self._function.object_id,
+                function_call_type=api_pb2.FUNCTION_CALL_TYPE_MAP,
+                return_exceptions=True,
+                function_call_invocation_type=api_pb2.FUNCTION_CALL_INVOCATION_TYPE_SYNC,
+            )
+        )
+        self._call_id = response.function_call_id
+        self._call_jwt = response.function_call_jwt
+        self._retry_policy = response.retry_policy
+        self._client_retries = response.sync_client_retries_enabled
+        pumps = [self._pump_inputs(), self._pump_outputs()]
+        if self._client_retries:
+            pumps.append(self._pump_retries())
+        tasks = [asyncio.ensure_future(pump) for pump in [self._done.wait(), *pumps]]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._acknowledge()
+
+    def _ready_to_send(self) -> bool:
+        # Full batches, unless the map is starved: fewer RPCs, and containers never wait for inputs.
+        if not self._pending:
+            return False
+        waiting = len(self._inputs)
+        return len(self._pending) >= CHUNK or self._finished or waiting < CHUNK
+
+    async def _pump_inputs(self) -> None:
+        stub = self._function.client._stub
+        sync = api_pb2.FUNCTION_CALL_INVOCATION_TYPE_SYNC
+        while True:
+            while not self._ready_to_send():
+                self._wake.clear()
+                await self._wake.wait()
+            batch = [self._pending.popleft() for _ in range(min(CHUNK, len(self._pending)))]
+            items = [await self._item(index, payload, sync) for index, payload in batch]
+            for item in items:
+                self._inputs[item.idx] = _Input(item.idx, item, retries=self._retry_manager())
+            self._unsent -= len(batch)
+            response = await stub.FunctionPutInputs(
+                api_pb2.FunctionPutInputsRequest(
+                    function_id=self._function.object_id, function_call_id=self._call_id, inputs=items
+                ),
+                retry=_PUT_RETRY,
+            )
+            for answer in response.inputs:
+                entry = self._inputs.get(answer.idx)
+                if entry is not None:
+                    entry.jwt = answer.input_jwt
+            self._wake.set()  # an output may be waiting for this input's jwt
+
+    def _retry_manager(self) -> RetryManager | None:
+        if not self._client_retries or self._retry_policy is None:
+            return None
+        return RetryManager(self._retry_policy)
+
+    async def _pump_outputs(self) -> None:
+        stub = self._function.client._stub
+        cursor = "0-0"
+        while True:
+            response = await stub.FunctionGetOutputs(
+                api_pb2.FunctionGetOutputsRequest(
+                    function_call_id=self._call_id,
+                    timeout=OUTPUTS_TIMEOUT,
+                    last_entry_id=cursor,
+                    clear_on_success=False,
+                    requested_at=time.time(),
+                    input_jwts=[entry.jwt for entry in self._inputs.values() if entry.jwt],
+                ),
+                retry=_OUTPUTS_RETRY,
+            )
+            cursor = response.last_entry_id
+            outcomes = []
+            for output in response.outputs:
+                entry = self._inputs.get(output.idx)
+                if entry is None or not self._is_final(entry, output):
+                    continue
+                del self._inputs[output.idx]
+                result = output.result
+                inline = result.WhichOneof("data_oneof") == "data"
+                if result.status == _Result.GENERIC_STATUS_SUCCESS and inline:
+                    # The common case, decoded here rather than through a coroutine per output.
+                    outcomes.append(Outcome(output.idx, True, pickle.loads(result.data)))
+                else:
+                    outcomes.append(await decode_output(output, self._function.client))
+            self._deliver(outcomes)
+            self._check_done()
+
+    def _is_final(self, entry: _Input, output: api_pb2.FunctionGetOutputsItem) -> bool:
+        """Whether `output` settles its input: not an earlier attempt's, and no client-side retry is due
+        (Modal leaves retries to the client when FunctionMap says `sync_client_retries_enabled`)."""
+        retries = entry.retries
+        if retries is None:
+            return True
+        if output.retry_count != retries.retry_count:
+            return False
+        status = output.result.status
+        if status in _TERMINAL:
+            return True
+        delay_ms = retries.get_delay_ms()  # counts the attempt, as modal's map does
+        if delay_ms is None:
+            return True
+        if status == _Result.GENERIC_STATUS_INTERNAL_FAILURE:
+            delay_ms = 0  # Modal's own failure: retried at once
+        self._loop.call_later(delay_ms / 1000, self._retry_queue.put_nowait, entry)
+        return False
+
+    async def _pump_retries(self) -> None:
+        stub = self._function.client._stub
+        while True:
+            entries = [await self._retry_queue.get()]
+            while not self._retry_queue.empty() and len(entries) < CHUNK:
+                entries.append(self._retry_queue.get_nowait())
+            entries = [entry for entry in entries if entry.index in self._inputs]
+            if not entries:
+                continue
+            response = await stub.FunctionRetryInputs(
+                api_pb2.FunctionRetryInputsRequest(
+                    function_call_jwt=self._call_jwt,
+                    inputs=[
+                        api_pb2.FunctionRetryInputsItem(
+                            input_jwt=entry.jwt or "",
+                            input=entry.item.input,
+                            retry_count=entry.retries.retry_count if entry.retries else 0,
+                        )
+                        for entry in entries
+                    ],
+                ),
+                retry=_PUT_RETRY,
+            )
+            for entry, jwt in zip(entries, response.input_jwts, strict=False):
+                entry.jwt = jwt
+
+    async def _acknowledge(self) -> None:
+        # As modal's map does: tell the control plane it may drop this call's outputs.
+        with contextlib.suppress(Exception):
+            await self._function.client._stub.FunctionGetOutputs(
+                api_pb2.FunctionGetOutputsRequest(
+                    function_call_id=self._call_id,
+                    timeout=0,
+                    last_entry_id="0-0",
+                    clear_on_success=True,
+                    requested_at=time.time(),
+                )
+            )
+
+    # ----- a single call ------------------------------------------------------------------------------
+
+    async def _single(self) -> None:
+        """One input, as modal's `.remote` sends it: FunctionMap carries the input, and one long poll
+        fetches (and clears) its output: two RPCs for a warm call."""
+        index, payload = self._pending.popleft()
+        self._unsent -= 1
+        stub = self._function.client._stub
+        sync = api_pb2.FUNCTION_CALL_INVOCATION_TYPE_SYNC
+        item = await self._item(index, payload, sync)
+        entry = self._inputs[index] = _Input(index, item)
+        response = await stub.FunctionMap(
+            api_pb2.FunctionMapRequest(
+                function_id=self._function.object_id,
+                function_call_type=api_pb2.FUNCTION_CALL_TYPE_UNARY,
+                pipelined_inputs=[item],
+                function_call_invocation_type=sync,
+            )
+        )
+        self._call_id = response.function_call_id
+        if response.pipelined_inputs:
+            entry.jwt = response.pipelined_inputs[0].input_jwt
+        else:
+            put = await stub.FunctionPutInputs(
+                api_pb2.FunctionPutInputsRequest(
+                    function_id=self._function.object_id, function_call_id=self._call_id, inputs=[item]
+                ),
+                retry=_PUT_RETRY,
+            )
+            entry.jwt = put.inputs[0].input_jwt
+        policy = response.retry_policy
+        retrying = response.sync_client_retries_enabled and policy.retries > 0
+        budget = RetryManager(policy) if retrying else None
+        while True:
+            output = await self._single_output(index, entry.jwt)
+            status = output.result.status
+            if budget is None or status in _TERMINAL:
+                break
+            if status != _Result.GENERIC_STATUS_INTERNAL_FAILURE:
+                delay_ms = budget.get_delay_ms()
+                if delay_ms is None:
+                    break
+                await asyncio.sleep(delay_ms / 1000)
+            await stub.FunctionRetryInputs(
+                api_pb2.FunctionRetryInputsRequest(
+                    function_call_jwt=response.function_call_jwt,
+                    inputs=[api_pb2.FunctionRetryInputsItem(input_jwt=entry.jwt, input=item.input)],
+                ),
+                retry=_PUT_RETRY,
+            )
+        self._inputs.pop(index, None)
+        self._deliver([await decode_output(output, self._function.client)])
+        self._check_done()
+
+    async def _single_output(self, index: int, jwt: str | None) -> api_pb2.FunctionGetOutputsItem:
+        stub = self._function.client._stub
+        while True:
+            response = await stub.FunctionGetOutputs(
+                api_pb2.FunctionGetOutputsRequest(
+                    function_call_id=self._call_id,
+                    timeout=OUTPUTS_TIMEOUT,
+                    last_entry_id="0-0",
+                    clear_on_success=True,
+                    requested_at=time.time(),
+                    input_jwts=[jwt] if jwt else None,
+                    start_idx=index,
+                    end_idx=index,
+                ),
+                retry=_OUTPUTS_RETRY,
+            )
+            if response.outputs:
+                return response.outputs[0]
+
+    # ----- stopping -----------------------------------------------------------------------------------
+
+    async def _close(self) -> None:
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        unsettled, self._inputs = self._inputs, {}
+        self._pending.clear()
+        if unsettled and self._call_id is not None:
+            # Modal keeps running a call's inputs when the client stops reading; cancelling the call stops
+            # them, and terminating their containers makes sure nothing keeps running (and billing).
+            with contextlib.suppress(Exception):
+                await self._function.client._stub.FunctionCallCancel(
+                    api_pb2.FunctionCallCancelRequest(
+                        function_call_id=self._call_id, terminate_containers=True
+                    )
+                )
+
+
+async def decode_output(output: api_pb2.FunctionGetOutputsItem, client: _Client) -> Outcome:
+    """The mini outcome of a final output of the generic entry (see `mini.modal_backend.entry`)."""
+    index, result = output.idx, output.result
+    if result.WhichOneof("data_oneof") == "data_blob_id":
+        data = await blob_download(result.data_blob_id, client._stub)
+    else:
+        data = result.data
+    if result.status == _Result.GENERIC_STATUS_SUCCESS:
+        # The entry returns mini's pickle of the result; Modal's pickle of those bytes wraps it.
+        return Outcome(index, True, pickle.loads(data))
+    return Outcome(index, False, failure(index, result, data, client))
+
+
+def failure(
+    index: int, result: api_pb2.GenericResult, data: bytes, client: _Client | None = None
+) -> bytes | BaseException:
+    """What a failed output means for call `index`: the user's error as the entry encoded it, or a mini
+    error for Modal's own failures, with Modal's exception as its cause."""
+    status = result.status
+    if status == _Result.GENERIC_STATUS_TIMEOUT:
+        message = f"call #{index} ran over its timeout on Modal and was stopped ({result.exception})."
+        return _caused(CallTimeoutError(message), result)
+    if data and status in (_Result.GENERIC_STATUS_FAILURE, _Result.GENERIC_STATUS_INIT_FAILURE):
+        return _raised(index, result, data, client)
+    if status in _OUT_OF_MEMORY:
+        what = "ran out of memory and was killed"
+    elif status == _Result.GENERIC_STATUS_TERMINATED:
+        what = "was stopped by Modal (its call was cancelled or its app stopped)"
+    elif status == _Result.GENERIC_STATUS_INTERNAL_FAILURE:
+        what = "was lost to a failure inside Modal"
+    else:
+        what = "died before returning a result (it exited, was killed by a signal or ran out of memory)"
+    detail = result.exception or "no detail from Modal"
+    return _caused(WorkerCrashed(f"the container running call #{index} {what}: {detail}."), result)
+
+
+_OUT_OF_MEMORY = (
+    _Result.GENERIC_STATUS_KERNEL_OOM_KILL,
+    _Result.GENERIC_STATUS_MEMORY_MANAGER_EVICTION,
+    _Result.GENERIC_STATUS_MEMORY_THRASHING_EVICTION,
+)
+
+
+def _raised(
+    index: int, result: api_pb2.GenericResult, data: bytes, client: _Client | None
+) -> bytes | BaseException:
+    """A failure that carries a pickled exception: the entry's `CallFailed`, or one raised by Modal's
+    container runtime (arguments that cannot be unpickled there, sources that cannot be imported)."""
+    try:
+        raised = deserialize(data, client)
+    except Exception as error:
+        message = f"call #{index} failed on Modal with an error that cannot be rebuilt here ({error})"
+        raised = RemoteError("unknown", message)
+    if isinstance(raised, CallFailed):
+        return raised.error
+    if isinstance(raised, DeserializationError):
+        error: BaseException = SerializationError(
+            f"the arguments of call #{index} cannot be unpickled in the container ({raised}). Ship the "
+            "modules their types come from under src/, or pass plain data."
+        )
+    elif isinstance(raised, ModalError):
+        error = RemoteError(type(raised).__name__, f"call #{index} failed on Modal: {raised}")
+    else:
+        error = raised  # a Python error of the container's, such as an import that failed at start-up
+    error.__cause__ = RemoteTraceback(result.traceback or result.exception)
+    return error
+
+
+def _caused(error: BaseException, result: api_pb2.GenericResult) -> BaseException:
+    from modal.exception import FunctionTimeoutError, InternalFailure
+    from modal.exception import RemoteError as ModalRemoteError
+
+    cause = {
+        _Result.GENERIC_STATUS_TIMEOUT: FunctionTimeoutError,
+        _Result.GENERIC_STATUS_INTERNAL_FAILURE: InternalFailure,
+    }.get(result.status, ModalRemoteError)
+    error.__cause__ = cause(result.exception)
+    return error
+
+
+def _whole_map_error(error: BaseException) -> BaseException:
+    if isinstance(error, BackendError):
+        return error
+    wrapped = BackendError(
+        f"the map's connection to Modal failed ({type(error).__name__}: {error}); its unfinished calls "
+        "did not complete. Check `mini doctor`, then run them again."
+    )
+    wrapped.__cause__ = error
+    return wrapped
+
+
+# ----- detached calls ---------------------------------------------------------------------------------
+
+
+async def on_client_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Await `coro` on the modal client's loop from mini's."""
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, client_loop()))
+
+
+async def spawn_input(function: Any, payload: bytes) -> str:
+    """Start one detached call of `function` on mini's pickled `(args, kwargs)`, as `Function.spawn`
+    does; return its function-call id. Runs on the client loop."""
+    raw = _raw(function)
+    stub = raw.client._stub
+    invocation_type = api_pb2.FUNCTION_CALL_INVOCATION_TYPE_ASYNC
+    limits = (raw._max_object_size_bytes, raw._max_async_object_size_bytes)
+    if should_upload(len(payload), *limits, invocation_type):
+        blob_id, uploads = await blob_upload_with_results(payload, stub)
+        put = api_pb2.FunctionInput(args_blob_id=blob_id, data_format=api_pb2.DATA_FORMAT_PICKLE)
+        item = api_pb2.FunctionPutInputsItem(idx=0, input=put, blob_upload_results=uploads)
+    else:
+        put = api_pb2.FunctionInput(args=payload, data_format=api_pb2.DATA_FORMAT_PICKLE)
+        item = api_pb2.FunctionPutInputsItem(idx=0, input=put)
+    item.input.method_name = raw._use_method_name
+    response = await stub.FunctionMap(
+        api_pb2.FunctionMapRequest(
+            function_id=raw.object_id,
+            function_call_type=api_pb2.FUNCTION_CALL_TYPE_UNARY,
+            pipelined_inputs=[item],
+            function_call_invocation_type=invocation_type,
+        )
+    )
+    if not response.pipelined_inputs:
+        await stub.FunctionPutInputs(
+            api_pb2.FunctionPutInputsRequest(
+                function_id=raw.object_id, function_call_id=response.function_call_id, inputs=[item]
+            ),
+            retry=_PUT_RETRY,
+        )
+    return response.function_call_id
+
+
+class OutputExpired(Exception):
+    """Modal no longer holds the call's output (it keeps outputs for a limited time)."""
+
+
+async def poll_call(call_id: str, index: int) -> Outcome | None:
+    """The outcome of detached call `call_id` (mini's call `index`), or None while it runs; one RPC.
+    Runs on the client loop."""
+    client = await _Client.from_env()
+    response = await client._stub.FunctionGetOutputs(
+        api_pb2.FunctionGetOutputsRequest(
+            function_call_id=call_id,
+            timeout=0,
+            last_entry_id="0-0",
+            clear_on_success=False,
+            requested_at=time.time(),
+            start_idx=0,
+            end_idx=0,
+        ),
+        retry=Retry(attempt_timeout=ATTEMPT_TIMEOUT_GRACE_PERIOD),
+    )
+    if not response.outputs:
+        if response.num_unfinished_inputs == 0:
+            raise OutputExpired(call_id)
+        return None
+    output = response.outputs[0]
+    output.idx = index
+    return await decode_output(output, client)
