@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mini import LocalApparatus, WorkerCrashed
+from mini.local.processes import FUNCTIONS_PER_WORKER
 from tests.behaviour import calls
 
 
@@ -112,3 +114,28 @@ def test_ctrl_c_stops_the_calls_of_a_running_map(tmp_path):
     finally:
         parent.kill()
         (tmp_path / "release").touch()
+
+
+def test_many_functions_while_a_map_runs_on_one_worker():
+    # The reproduction: one worker, a map over 40 inputs while 20 distinct functions run.
+    async def scenario():
+        async def mapped():
+            return [x async for x in app.amap(calls.sleep_for, [0.01] * 40)]
+
+        helpers = (app.arun(calls.offset_by(i), 1) for i in range(FUNCTIONS_PER_WORKER + 4))
+        return await asyncio.gather(mapped(), *helpers)
+
+    with LocalApparatus("many-functions", workers=1, mode="process") as app:
+        mapped, *helped = asyncio.run(scenario())
+    assert mapped == [0.01] * 40
+    assert helped == [1 + i for i in range(FUNCTIONS_PER_WORKER + 4)]
+
+
+def test_a_function_dropped_by_a_worker_is_sent_again_when_needed():
+    with LocalApparatus("resend", workers=1, mode="process") as app:
+        results = app.map(calls.square, range(20_000))
+        assert next(results) == 0
+        # Enough other functions that the worker must drop the map's, which has calls still to come.
+        helped = [app.run(calls.offset_by(i), 1) for i in range(FUNCTIONS_PER_WORKER + 1)]
+        assert list(results) == [i * i for i in range(1, 20_000)]
+    assert helped == [1 + i for i in range(FUNCTIONS_PER_WORKER + 1)]

@@ -135,3 +135,14 @@ def finish_after(x: int, folder: str, waits: list[str], fate: str) -> int:
         wait_for(os.path.join(folder, name))
     Path(folder, f"done-{x}").touch()
     return x
+
+
+def offset_by(amount: int):
+    """A distinct function per `amount` (its own pickle, its own function everywhere it runs)."""
+
+    def add_offset(x: int) -> int:
+        return x + amount
+
+    add_offset.__name__ = f"add_{amount}"
+    add_offset.__qualname__ = f"offset_by.add_{amount}"
+    return add_offset

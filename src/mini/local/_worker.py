@@ -53,13 +53,14 @@ def main() -> None:
         _framing.send(sock, ("failed", traceback.format_exc()))
         sys.exit(1)
     _framing.send(sock, ("ready", sys.version_info[:2]))
+    # Which functions stay loaded is the pool's decision alone: it says what to drop and when to resend.
     functions: dict[int, object] = {}
     while (message := _framing.receive(sock, fresh_buffer)) is not None:
-        key, fn_blob, env, calls = message
+        key, fn_blob, dropped, env, calls = message
         started = time.perf_counter()
+        for old in dropped:
+            del functions[old]
         if fn_blob is not None:
-            if len(functions) > 16:
-                functions.clear()
             try:
                 functions[key] = loads(fn_blob)
             except BaseException as exc:  # e.g. the function's module is not importable here

@@ -16,7 +16,7 @@ import pickle
 import signal
 import socket
 import sys
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -30,6 +30,9 @@ from mini.serialization import Call, Outcome, fresh_buffer
 _BATCH_SECONDS = 0.02
 _MAX_BATCH = 512
 _SOCKET_BUFFER = 1 << 20
+# How many functions a worker keeps loaded. The pool alone decides which (`_Worker.plan_load`) and tells the
+# worker what to drop, so the two sides cannot disagree about which functions a worker holds.
+FUNCTIONS_PER_WORKER = 16
 _keys = itertools.count(1)
 
 
@@ -60,7 +63,7 @@ class _Worker:
         self._loop = asyncio.get_running_loop()
         self._busy = False
         self._killed = False
-        self.known: set[int] = set()
+        self._loaded: OrderedDict[int, None] = OrderedDict()  # least recently used first
 
     @classmethod
     async def start(cls, command: WorkerCommand) -> _Worker:
@@ -92,6 +95,21 @@ class _Worker:
                 "Check that this interpreter can import mini and cloudpickle."
             )
         return worker
+
+    def plan_load(self, key: int) -> tuple[bool, list[int]]:
+        """For a batch of function `key`: whether to send the function with it, and which functions the
+        worker must drop first (least recently used) to stay within `FUNCTIONS_PER_WORKER`.
+
+        Recorded as sent at once: a worker that then fails to take the batch is discarded, never reused.
+        """
+        if key in self._loaded:
+            self._loaded.move_to_end(key)
+            return False, []
+        dropped = []
+        while len(self._loaded) >= FUNCTIONS_PER_WORKER:
+            dropped.append(self._loaded.popitem(last=False)[0])
+        self._loaded[key] = None
+        return True, dropped
 
     async def exchange(self, message: object) -> tuple[list[tuple[int, bool, bytes, list]], float] | None:
         """Send a batch and wait for its reply; None if the worker died first."""
@@ -278,10 +296,11 @@ class _ProcessDispatch(Dispatch):
         """Run `batch` on `worker`; return the worker if it is still usable."""
         if self._closed:  # closed while the worker was starting
             return worker
-        first_time = self._key not in worker.known
+        send_function, dropped = worker.plan_load(self._key)
         message = (
             self._key,
-            self._fn_blob if first_time else None,
+            self._fn_blob if send_function else None,
+            dropped,
             self._env,
             [(c.index, c.payload, _out_of_band(c.buffers)) for c in batch],
         )
@@ -302,7 +321,6 @@ class _ProcessDispatch(Dispatch):
         if reply is None:
             await self._worker_died(worker, batch)
             return None
-        worker.known.add(self._key)
         if self._solo:
             self._solo.difference_update(call.index for call in batch)
         results, elapsed = reply
