@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -139,3 +140,60 @@ def test_a_function_dropped_by_a_worker_is_sent_again_when_needed():
         helped = [app.run(calls.offset_by(i), 1) for i in range(FUNCTIONS_PER_WORKER + 1)]
         assert list(results) == [i * i for i in range(1, 20_000)]
     assert helped == [1 + i for i in range(FUNCTIONS_PER_WORKER + 1)]
+
+
+def test_a_worker_still_starting_when_its_map_fails_leaves_no_stray_traceback(tmp_path):
+    # The interpreter the pool starts is a wrapper: the first worker starts once the second is waiting,
+    # and the second waits until the pool has closed, which the first worker's failing call brings about.
+    wrapper = tmp_path / "python"
+    wrapper.write_text(
+        textwrap.dedent(
+            f"""\
+            #!/bin/sh
+            if mkdir {tmp_path}/first 2>/dev/null; then
+                while [ ! -e {tmp_path}/second ]; do sleep 0.01; done
+                exec {sys.executable} "$@"
+            fi
+            echo $$ > {tmp_path}/.second && mv {tmp_path}/.second {tmp_path}/second
+            while [ ! -e {tmp_path}/go ]; do sleep 0.01; done
+            exec {sys.executable} "$@"
+            """
+        )
+    )
+    wrapper.chmod(0o755)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+        from mini import LocalApparatus
+        from tests.behaviour import calls
+        from tests.test_local_processes import _wait_gone
+        folder = Path({str(tmp_path)!r})
+        sys.executable = str(folder / "python")
+        try:
+            with LocalApparatus("stray", workers=2, mode="process") as app:
+                list(app.map(calls.fail_on, range(2), [0, 0]))
+        except ValueError as error:
+            print(error, file=sys.stderr)
+        (folder / "go").touch()
+        _wait_gone(int((folder / "second").read_text()))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "bad input 0\n"
+
+
+def test_a_worker_whose_pool_has_gone_exits_quietly():
+    ours, theirs = socket.socketpair()
+    ours.close()  # the pool is gone before the worker can say it is ready
+    with theirs:
+        done = subprocess.run(
+            [sys.executable, "-m", "mini.local._worker", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert (done.returncode, done.stderr) == (0, "")

@@ -48,6 +48,15 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     try:
+        _serve(sock)
+    except (BrokenPipeError, ConnectionResetError):
+        # The pool closed its end (it is shutting down, or gone): there is no one left to answer, and a
+        # traceback here would only bury the error the user is reading.
+        pass
+
+
+def _serve(sock: socket.socket) -> None:
+    try:
         from mini.serialization import Call, encode_error, fresh_buffer, loads, run_call
     except BaseException:
         _framing.send(sock, ("failed", traceback.format_exc()))

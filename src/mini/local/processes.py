@@ -86,7 +86,12 @@ class _Worker:
             theirs.close()
         ours.setblocking(False)
         worker = cls(process, ours)
-        hello = await worker._receive()
+        try:
+            hello = await worker._receive()
+        except BaseException:
+            # Cancelled while it started (its pool is closing): it must not live on to find no one there.
+            worker.kill()
+            raise
         if hello is None or hello[0] != "ready":
             worker.kill()
             detail = hello[1] if hello else f"{await worker.exit_status()}; its stderr is above"
