@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from mini.image.uv_command import find_uv
 
 MakeProject = Callable[..., Path]
 
@@ -33,8 +34,7 @@ def make_project(tmp_path: Path) -> MakeProject:
 
 def lock(root: Path) -> None:
     """Lock a fixture project, offline from uv's cache when it can, else from PyPI."""
-    uv = shutil.which("uv")
-    assert uv is not None, "these tests need uv on PATH"
+    uv = find_uv()
     offline = subprocess.run([uv, "lock", "--offline", "--quiet"], cwd=root, capture_output=True, text=True)
     if offline.returncode != 0:
         subprocess.run([uv, "lock", "--quiet"], cwd=root, check=True)

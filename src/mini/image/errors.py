@@ -31,12 +31,13 @@ class LockfileError(ImageSpecError):
 
 
 class UvNotFoundError(ImageSpecError):
-    """The `uv` executable is not on PATH."""
+    """No `uv` executable: neither mini's own `uv` dependency nor PATH provides one."""
 
     def __init__(self) -> None:
         super().__init__(
-            "uv is not installed or not on PATH; mini uses it to export pins and build environments. "
-            "Install it with `pip install uv` "
+            "uv not found: the `uv` package mini depends on has no binary in this environment, and none "
+            "is on PATH; mini uses it to export pins and build environments. Install it into the "
+            "environment that runs mini with `pip install uv` "
             "(or see https://docs.astral.sh/uv/getting-started/installation/), then retry."
         )
 

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -166,7 +167,14 @@ def _build(python_version: str, requirements: Sequence[str], root: Path) -> None
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
         run_uv(
-            ["venv", "--quiet", "--relocatable", "--python", python_version, str(staging / "venv")],
+            [
+                "venv",
+                "--quiet",
+                "--relocatable",
+                "--python",
+                _interpreter(python_version),
+                str(staging / "venv"),
+            ],
             what=f"create a Python {python_version} virtual environment",
         )
         if requirements:
@@ -187,6 +195,14 @@ def _build(python_version: str, requirements: Sequence[str], root: Path) -> None
         (staging / "venv").rename(root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _interpreter(python_version: str) -> str:
+    # This interpreter when it is the version asked for: the one the user runs, found even when PATH holds
+    # no Python of that version (a cron job, an IDE); otherwise uv finds one by its version.
+    if sys.executable and python_version == f"{sys.version_info.major}.{sys.version_info.minor}":
+        return sys.executable
+    return python_version
 
 
 def _prune(snapshots: Path, keep: Path) -> None:

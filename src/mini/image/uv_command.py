@@ -16,10 +16,20 @@ _STDERR_TAIL_LINES = 20
 
 
 def find_uv() -> str:
-    """Return the path of the `uv` executable on PATH, or raise `UvNotFoundError`.
+    """The `uv` executable: the one mini's own `uv` dependency installed, else the first on PATH; raises
+    `UvNotFoundError` if neither exists.
 
-    uv = find_uv()   # '/usr/local/bin/uv'
+    The dependency's binary comes first because PATH often lacks the environment's `bin/` (a notebook
+    kernel, an IDE's run configuration, a cron job, `.venv/bin/python script.py`).
+
+        uv = find_uv()   # '/home/me/project/.venv/bin/uv'
     """
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        pass
     found = shutil.which("uv")
     if found is None:
         raise UvNotFoundError()
