@@ -43,3 +43,14 @@ def lock(root: Path) -> None:
 @pytest.fixture
 def locked() -> Callable[[Path], None]:
     return lock
+
+
+@pytest.fixture
+def without_uv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No uv anywhere: neither mini's `uv` dependency nor PATH provides one."""
+
+    def missing() -> str:
+        raise FileNotFoundError("no uv binary")
+
+    monkeypatch.setattr("uv.find_uv_bin", missing)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))

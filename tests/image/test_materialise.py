@@ -87,8 +87,7 @@ def test_failed_install_reports_uvs_stderr(tmp_path: Path) -> None:
     assert [p for p in tmp_path.iterdir() if p.is_dir()] == []
 
 
-def test_missing_uv_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+def test_missing_uv_says_how_to_install_it(tmp_path: Path, without_uv: None) -> None:
     with pytest.raises(UvNotFoundError, match="pip install uv"):
         materialise_environment(PYTHON, ["six==1.16.0"], gpu=False, cache_dir=tmp_path)
 

@@ -52,10 +52,10 @@ def test_real_export_has_project_and_cuda_pins_but_not_dev_or_local(project: Pat
 
 
 def test_unchanged_project_is_derived_from_the_cache_without_uv(
-    project: Path, monkeypatch: pytest.MonkeyPatch
+    project: Path, request: pytest.FixtureRequest
 ) -> None:
     cold = derive_image_spec(project)
-    monkeypatch.setenv("PATH", str(project / "no-bin"))
+    request.getfixturevalue("without_uv")
     warm = derive_image_spec(project)
     assert warm.cached is True
     assert warm == cold

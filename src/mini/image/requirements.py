@@ -7,6 +7,7 @@ lines = export_requirements(root, groups)          # ("cloudpickle==3.1.2", "jax
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,9 @@ def export_requirements(project_root: Path, groups: Sequence[str]) -> tuple[str,
     """
     if not (project_root / "uv.lock").is_file():
         raise LockfileError.missing(project_root)
-    args = ["export", "--locked", "--offline", "--format", "requirements.txt", "--no-hashes"]
+    # `--python`: this interpreter, which uv may otherwise fail to find on a short PATH (a cron job).
+    args = ["export", "--locked", "--offline", "--python", sys.executable, "--format", "requirements.txt"]
+    args += ["--no-hashes"]
     args += ["--no-emit-project", "--no-header", "--no-annotate", "--no-default-groups"]
     for group in groups:
         args += ["--group", group]

@@ -6,6 +6,7 @@ dependency) is reported to the parent with its traceback instead of dying silent
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -47,12 +48,10 @@ def main() -> None:
     # Ctrl-C reaches the whole foreground process group; the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    try:
+    # The pool may close its end (it is shutting down, or gone): then there is no one left to answer, and a
+    # traceback here would only bury the error the user is reading.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         _serve(sock)
-    except (BrokenPipeError, ConnectionResetError):
-        # The pool closed its end (it is shutting down, or gone): there is no one left to answer, and a
-        # traceback here would only bury the error the user is reading.
-        pass
 
 
 def _serve(sock: socket.socket) -> None:
