@@ -173,7 +173,8 @@ def test_a_worker_still_starting_when_its_map_fails_leaves_no_stray_traceback(tm
         sys.executable = str(folder / "python")
         try:
             with LocalApparatus("stray", workers=2, mode="process") as app:
-                list(app.map(calls.fail_on, range(2), [0, 0]))
+                # Both calls fail and the first to finish ends the map: the second worker never runs one.
+                list(app.map(calls.fail_on, range(2), range(2), order_outputs=False))
         except ValueError as error:
             print(error, file=sys.stderr)
         (folder / "go").touch()
@@ -182,7 +183,7 @@ def test_a_worker_still_starting_when_its_map_fails_leaves_no_stray_traceback(tm
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stderr == "bad input 0\n"
+    assert done.stderr in ("bad input 0\n", "bad input 1\n")
 
 
 def test_a_worker_whose_pool_has_gone_exits_quietly():
