@@ -20,8 +20,10 @@ def test_isolated_python_imports_shipped_code_and_pins_but_nothing_else(
         {
             "src/app/__init__.py": "import six\nSIX = six.__name__\n",
             "src/_scratch.py": "",
-            "src/unlisted/__init__.py": "",
+            "src/_private/__init__.py": "",
+            "src/myexp/__init__.py": "",
         },
+        # A build backend's list of modules does not narrow what ships: myexp ships too.
         '[tool.uv.build-backend]\nmodule-name = "app"\n[dependency-groups]\ndev = ["idna"]\n',
         '["six"]',
     )
@@ -29,7 +31,7 @@ def test_isolated_python_imports_shipped_code_and_pins_but_nothing_else(
 
     python, sources = prepare_isolated(root)
     assert python.is_relative_to(tmp_path / "cache" / "mini" / "envs")
-    assert sorted(path.name for path in sources.iterdir()) == ["app", "mini"]
+    assert sorted(path.name for path in sources.iterdir()) == ["app", "mini", "myexp"]
     assert prepare_isolated(root) == (python, sources)
 
     def attempt(module: str) -> subprocess.CompletedProcess[str]:
@@ -37,8 +39,9 @@ def test_isolated_python_imports_shipped_code_and_pins_but_nothing_else(
         env = {"PYTHONPATH": str(sources), "PATH": os.environ["PATH"]}
         return subprocess.run([python, "-c", code], cwd=sources, env=env, capture_output=True, text=True)
 
-    assert attempt("app").returncode == 0, attempt("app").stderr
-    for missing in ("unlisted", "_scratch", "idna"):
+    for shipped in ("app", "myexp"):
+        assert attempt(shipped).returncode == 0, attempt(shipped).stderr
+    for missing in ("_scratch", "_private", "idna"):
         refused = attempt(missing)
         assert f"No module named '{missing}'" in refused.stderr
 

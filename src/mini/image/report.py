@@ -105,6 +105,16 @@ def format_spec(spec: ImageSpec, *, full: bool = False) -> str:
     return "\n".join(lines)
 
 
+def format_summary(spec: ImageSpec) -> str:
+    """One line for the moment a spec is dispatched: its hashes and the packages it ships.
+
+    format_summary(spec)  # "image 3fa2c1 (cached spec), sources 9b0e4d (experiment, mini)"
+    """
+    cached = " (cached spec)" if spec.cached else ""
+    packages = ", ".join(package.name for package in spec.packages)
+    return f"image {spec.image_hash[:6]}{cached}, sources {spec.source_hash[:6]} ({packages})"
+
+
 def format_diff(diff: SpecDiff) -> str:
     """Describe a `SpecDiff` for people: whether the image rebuilds, and why.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import keyword
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,13 @@ class Package:
 
 
 def discover_packages(project_root: Path, pyproject: Mapping[str, Any]) -> tuple[Package, ...]:
-    """The packages under the project's module root (`src/` unless uv's build backend says otherwise).
+    """Every public top-level package or module under the project's source folder (`src/`, or uv's
+    `[tool.uv.build-backend] module-root`); names starting with `_` or `.` stay local.
 
-    When `[tool.uv.build-backend] module-name` is set, exactly those modules ship, as in the wheel uv
-    would build; otherwise every importable top-level package or module there ships.
+    Discovered, never listed: a package added under `src/` ships without editing any configuration, and a
+    build backend's list of modules (uv's `module-name`) does not narrow what ships.
 
-        discover_packages(Path("."), {"tool": {"uv": {"build-backend": {"module-name": "mini"}}}})
+        discover_packages(Path("."), read_pyproject(Path(".")))  # (Package("experiment", ...), ...)
     """
     backend = pyproject.get("tool", {}).get("uv", {}).get("build-backend", {})
     module_root = project_root / backend.get("module-root", "src")
@@ -47,11 +48,7 @@ def discover_packages(project_root: Path, pyproject: Mapping[str, Any]) -> tuple
             f"no source folder at {module_root}: mini ships the packages under it. Move your code into "
             f"{module_root}/<package>/ (the src layout), or set [tool.uv.build-backend] module-root."
         )
-    names = backend.get("module-name")
-    if names is None:
-        packages = _all_packages(module_root)
-    else:
-        packages = _declared_packages(module_root, [names] if isinstance(names, str) else list(names))
+    packages = _all_packages(module_root)
     if not packages:
         raise SourcesError(
             f"{module_root} holds no Python package or module to ship. Put your code in "
@@ -124,28 +121,6 @@ def _all_packages(module_root: Path) -> tuple[Package, ...]:
             continue
         _require_importable(name, entry)
         packages.append(Package(name, entry))
-    return tuple(packages)
-
-
-def _declared_packages(module_root: Path, names: Sequence[str]) -> tuple[Package, ...]:
-    packages = []
-    for name in names:
-        if "." in name:
-            raise SourcesError(
-                f"[tool.uv.build-backend] module-name {name!r} names a sub-package of a namespace package; "
-                f"mini ships top-level packages only. List the top-level name {name.split('.')[0]!r} instead."
-            )
-        _require_importable(name, module_root / name)
-        folder, module = module_root / name, module_root / f"{name}.py"
-        if folder.is_dir():
-            packages.append(Package(name, folder))
-        elif module.is_file():
-            packages.append(Package(name, module))
-        else:
-            raise SourcesError(
-                f"[tool.uv.build-backend] module-name lists {name!r}, but neither {folder}/ nor {module} "
-                "exists. Fix module-name in pyproject.toml or create the package."
-            )
     return tuple(packages)
 
 

@@ -163,13 +163,12 @@ class _Session:
     def announce(self, name: str, options: Options) -> None:
         """Note that the session's spec was dispatched, and say so in one line on a terminal."""
         from mini.image import record_dispatched_spec
+        from mini.image.report import format_summary
 
         spec = self._spec
         record_dispatched_spec(spec)
         if options.progress is None and sys.stderr.isatty():  # progress=True shows Modal's own output
-            cached = " (cached spec)" if spec.cached else ""
-            summary = f"image {spec.image_hash[:6]}{cached}, sources {spec.source_hash[:6]}, function {name}"
-            print(f"mini: {summary}", file=sys.stderr)
+            print(f"mini: {format_summary(spec)}, function {name}", file=sys.stderr)
 
     async def aclose(self) -> None:
         for name in list(self._running):
