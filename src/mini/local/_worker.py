@@ -1,4 +1,4 @@
-"""A worker process: `python -m mini.local._worker FD` runs batches of calls sent over socket FD.
+"""A worker process: `python -m mini.local._worker FD [--isolated]` runs batches of calls sent over socket FD.
 
 It imports only the stdlib before it can report, so that a broken environment (an isolated one missing a
 dependency) is reported to the parent with its traceback instead of dying silently.
@@ -14,9 +14,12 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 from mini.local import _framing
 from mini.local._environ import applied
+from mini.local._isolation import explain
 
 
 class _Unloadable:
@@ -51,16 +54,34 @@ def main() -> None:
     # The pool may close its end (it is shutting down, or gone): then there is no one left to answer, and a
     # traceback here would only bury the error the user is reading.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        _serve(sock)
+        _serve(sock, isolated="--isolated" in sys.argv[2:])
 
 
-def _serve(sock: socket.socket) -> None:
+def _calling(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return fn
+
+
+def _explaining(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn`, with a note on the errors an isolated worker raises because it is not your shell or checkout."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (KeyError, FileNotFoundError) as exc:
+            explain(exc)
+            raise
+
+    return call
+
+
+def _serve(sock: socket.socket, isolated: bool) -> None:
     try:
         from mini.serialization import Call, encode_error, fresh_buffer, loads, run_call
     except BaseException:
         _framing.send(sock, ("failed", traceback.format_exc()))
         sys.exit(1)
     _framing.send(sock, ("ready", sys.version_info[:2]))
+    prepare = _explaining if isolated else _calling
     # Which functions stay loaded is the pool's decision alone: it says what to drop and when to resend.
     functions: dict[int, object] = {}
     while (message := _framing.receive(sock, fresh_buffer)) is not None:
@@ -70,7 +91,7 @@ def _serve(sock: socket.socket) -> None:
             del functions[old]
         if fn_blob is not None:
             try:
-                functions[key] = loads(fn_blob)
+                functions[key] = prepare(loads(fn_blob))
             except BaseException as exc:  # e.g. the function's module is not importable here
                 functions[key] = _Unloadable(encode_error(exc))
         fn = functions[key]

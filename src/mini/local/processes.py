@@ -13,9 +13,11 @@ import itertools
 import math
 import os
 import pickle
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 from mini.dispatch import Dispatch
 from mini.errors import CallTimeoutError, WorkerCrashed
 from mini.local import _framing
+from mini.local._isolation import isolated_environment
 from mini.options import Options
 from mini.serialization import Call, Outcome, fresh_buffer
 
@@ -45,10 +48,12 @@ class WorkerCommand:
         self.pythonpath = [str(p) for p in pythonpath] if pythonpath is not None else _inherited_path()
 
     def environment(self) -> dict[str, str]:
+        """The worker's environment variables: this process's, or for an isolated worker only what a
+        container would have (see `mini.local._isolation`)."""
+        if self.isolated:
+            return isolated_environment(self.python, self.pythonpath)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(self.pythonpath)
-        if self.isolated:
-            env["PYTHONNOUSERSITE"] = "1"
         return env
 
 
@@ -57,9 +62,10 @@ def _inherited_path() -> list[str]:
 
 
 class _Worker:
-    def __init__(self, process: asyncio.subprocess.Process, sock: socket.socket) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, sock: socket.socket, workdir: str | None) -> None:
         self.process = process
         self._sock = sock
+        self._workdir = workdir
         self._loop = asyncio.get_running_loop()
         self._busy = False
         self._killed = False
@@ -72,20 +78,28 @@ class _Worker:
             # Fewer, larger chunks for big buffers: a 100 MB array crosses in about 25% less time.
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
             end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+        # An isolated worker starts in a fresh empty folder, as a container does: not in your checkout.
+        workdir = tempfile.mkdtemp(prefix="mini-worker-") if command.isolated else None
         try:
             process = await asyncio.create_subprocess_exec(
                 command.python,
                 "-m",
                 "mini.local._worker",
                 str(theirs.fileno()),
+                *(["--isolated"] if command.isolated else []),
                 pass_fds=[theirs.fileno()],
                 env=command.environment(),
+                cwd=workdir,
                 stdin=asyncio.subprocess.DEVNULL,
             )
+        except BaseException:
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
         finally:
             theirs.close()
         ours.setblocking(False)
-        worker = cls(process, ours)
+        worker = cls(process, ours, workdir)
         try:
             hello = await worker._receive()
         except BaseException:
@@ -168,6 +182,8 @@ class _Worker:
             self._sock.shutdown(socket.SHUT_RDWR)
         if not self._busy:
             self._sock.close()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
     async def exit_status(self) -> str:
         code = await self.process.wait()
