@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from mini import _loop
 from mini.dispatch import Dispatch
+from mini.errors import ArgumentError
 from mini.options import Options
 from mini.progress import Progress
 from mini.serialization import ArgumentEncoder, Outcome, decode_error, dump_function, loads
@@ -39,7 +40,7 @@ class Apparatus(ABC):
 
     def __init__(self, name: str, options: Options | None = None) -> None:
         if not isinstance(name, str) or not name:
-            raise TypeError(f"an apparatus needs a non-empty name, got {name!r}")
+            raise ArgumentError(f"an apparatus needs a non-empty name, got {name!r}")
         self.name = name
         self.options = options or Options()
 
@@ -278,7 +279,7 @@ def _values(batch: list[tuple[bool, Any]], return_exceptions: bool) -> Iterator[
 
 def _need_iterables(verb: str, iterables: tuple[Any, ...]) -> None:
     if not iterables:
-        raise TypeError(f"{verb}() needs at least one iterable of arguments, like the builtin map()")
+        raise ArgumentError(f"{verb}() needs at least one iterable of arguments, like the builtin map()")
 
 
 class _MapRun:
@@ -297,7 +298,7 @@ class _MapRun:
         lend_buffers: bool = False,
     ) -> None:
         if not callable(fn):
-            raise TypeError(f"the function to run must be callable, got {type(fn).__name__}")
+            raise ArgumentError(f"the function to run must be callable, got {type(fn).__name__}")
         self._apparatus = apparatus
         self._fn = fn
         self._inputs = arg_tuples

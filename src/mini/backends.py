@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mini.apparatus import Apparatus
+from mini.errors import OptionError
 
 _BACKENDS = {
     "local": "mini.local.apparatus:LocalApparatus",
@@ -27,7 +28,7 @@ def make(backend: str, name: str, **settings: Any) -> Apparatus:
     """
     where = _BACKENDS.get(backend)
     if where is None:
-        raise ValueError(f"unknown app {backend!r}; choose one of: {', '.join(names())}")
+        raise OptionError(f"unknown app {backend!r}; choose one of: {', '.join(names())}.")
     module, attribute = where.split(":")
     cls = getattr(importlib.import_module(module), attribute)
     return cls(name, **settings)

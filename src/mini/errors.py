@@ -15,6 +15,11 @@ class OptionError(MiniError, ValueError, TypeError):
     """
 
 
+class ArgumentError(MiniError, TypeError):
+    """A function of mini's API got an argument it cannot use: a function that is not callable, nothing to
+    map over, an apparatus name that is not a non-empty string."""
+
+
 class SerializationError(MiniError, TypeError):
     """An argument, function or result could not cross the serialisation boundary (cloudpickle)."""
 

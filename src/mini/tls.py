@@ -19,13 +19,15 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from mini.errors import MiniError
+
 # Environment variables that name a CA bundle, in the order curl, OpenSSL and requests consult them.
 CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 _PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.DOTALL)
 
 
-class TrustStoreError(Exception):
+class TrustStoreError(MiniError):
     """The per-user cache directory for the combined bundle is unsafe or cannot be written."""
 
 

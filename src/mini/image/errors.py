@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mini.errors import MiniError
 
-class ImageSpecError(Exception):
+
+class ImageSpecError(MiniError):
     """Base class: the project or the machine cannot yield an image spec."""
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from mini import _loop
 from mini.apparatus import Apparatus
 from mini.dispatch import Dispatch
+from mini.errors import OptionError
 from mini.local.processes import ProcessPool, WorkerCommand, open_process_dispatch
 from mini.local.threads import ThreadPool, open_thread_dispatch
 from mini.options import Options
@@ -40,9 +41,9 @@ class LocalApparatus(Apparatus):
     def __init__(self, name: str = "local", workers: int = 1, mode: Mode = "thread", **options: Any) -> None:
         super().__init__(name, Options().merged(options))
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers={workers!r} must be a whole number >= 1")
+            raise OptionError(f"workers={workers!r} must be a whole number >= 1.")
         if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is not one of {', '.join(map(repr, MODES))}")
+            raise OptionError(f"mode={mode!r} is not one of {', '.join(map(repr, MODES))}.")
         self.workers = workers
         self.mode = mode
         self._pools = _Pools(name, workers, mode)
