@@ -29,11 +29,16 @@ class LocalApparatus(Apparatus):
     >>> with LocalApparatus("sweep", workers=2, mode="process") as app:
     ...     losses = list(app.map(train, configs))
 
-    - `thread`: a thread pool in this process; fast to start and debuggable.
-    - `process`: spawned worker processes, reused across calls; a crashed worker fails only its call.
+    - `thread`: a thread pool in this process; fast to start and debuggable. A call that kills its
+      process (`os._exit`, a segfault, the OOM killer) kills the caller with it, with no output: use
+      `process` for such code.
+    - `process`: spawned worker processes, reused across calls; a crashed worker fails only its call, with
+      `WorkerCrashed`.
     - `isolated`: like `process`, but workers run in a virtual environment built from the project's image
-      spec (locked pins only) with only the shipped `src/` packages importable, so a missing dependency or
-      an unshipped module fails here as it would remotely.
+      spec (locked pins only) with only the shipped `src/` packages importable, only the environment
+      variables a container would get (`env=`, plus home, locale, temporary folder, network and GPU
+      settings), in a fresh empty working directory. A missing dependency, an unshipped module, a variable
+      of your shell or a file of your checkout fails here as it would remotely.
 
     Honours the options `timeout`, `retries` and `env`; other options are recorded and ignored.
     """
