@@ -1,9 +1,10 @@
-"""Function calls as the control plane keeps them: inputs in, outputs out, and waiting for outputs.
+"""Function calls as the control plane keeps them: inputs in, outputs out, a generator's data out.
 
     call = FunctionCall("fc-1", function_id="fu-1", invocation_type=SYNC)
-    item = call.add_input(idx=0, args=b"...", data_format=api_pb2.DATA_FORMAT_PICKLE)
-    call.add_output(api_pb2.FunctionGetOutputsItem(input_id=item.input_id, idx=0, result=...))
+    item = call.add_input(idx=0, input=api_pb2.FunctionInput(args=b"...", data_format=PICKLE))
+    call.add_output(item, api_pb2.FunctionGetOutputsItem(input_id=item.input_id, idx=0, result=...))
     outputs, cursor = await call.wait_outputs(after_entry=0, timeout=55, max_bytes=16 << 20)
+    chunks = await call.wait_data_out(after=0, timeout=55)    # what a generator yielded so far
 
 Outputs are kept in arrival order; their position (1-based) is the entry id modal's cursor
 (`last_entry_id`, written "N-0" like a Redis stream id) points at.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 from modal_proto import api_pb2
 
@@ -22,15 +24,18 @@ _input_ids = itertools.count(1)
 
 @dataclass
 class Input:
-    """One input of a call. `task` runs its attempts; `done` once its final output is recorded."""
+    """One input of a call; `done` once its final output is recorded, `attempt` the one running it."""
 
     input_id: str
     idx: int
-    args: bytes
-    data_format: int
-    task: asyncio.Task | None = None
+    input: api_pb2.FunctionInput
     done: bool = False
     retry_count: int = 0  # the attempt a client-side retry asked for (FunctionRetryInputs)
+    attempt: Any = None
+
+    @property
+    def data_format(self) -> int:
+        return self.input.data_format
 
 
 @dataclass
@@ -39,13 +44,16 @@ class FunctionCall:
     function_id: str
     invocation_type: int
     client_retries: bool = False
+    cancelled: bool = False
     inputs: list[Input] = field(default_factory=list)
     outputs: list[api_pb2.FunctionGetOutputsItem] = field(default_factory=list)
+    data_out: list[api_pb2.DataChunk] = field(default_factory=list)
+    data_out_readers: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _popped: set[int] = field(default_factory=set)  # ids of outputs a `clear_on_success` poll took
 
-    def add_input(self, idx: int, args: bytes, data_format: int) -> Input:
-        item = Input(input_id=f"in-{next(_input_ids)}", idx=idx, args=args, data_format=data_format)
+    def add_input(self, idx: int, input: api_pb2.FunctionInput) -> Input:
+        item = Input(input_id=f"in-{next(_input_ids)}", idx=idx, input=input)
         self.inputs.append(item)
         self._notify()
         return item
@@ -55,6 +63,10 @@ class FunctionCall:
             return
         item.done = True
         self.outputs.append(output)
+        self._notify()
+
+    def add_data_out(self, chunks: list[api_pb2.DataChunk]) -> None:
+        self.data_out.extend(chunks)
         self._notify()
 
     def reopen(self, item: Input, retry_count: int) -> None:
@@ -106,6 +118,11 @@ class FunctionCall:
         if clear:
             self._popped.update(id(output) for output in found)
         return found
+
+    async def wait_data_out(self, *, after: int, timeout: float) -> list[api_pb2.DataChunk]:
+        """Data chunks past position `after` of the data-out stream, waiting up to `timeout` for one."""
+        await self._wait_until(lambda: len(self.data_out) > after, timeout)
+        return self.data_out[after:]
 
     async def _wait_until(self, condition, timeout: float) -> None:
         loop = asyncio.get_running_loop()

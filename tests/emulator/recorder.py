@@ -53,7 +53,9 @@ class FunctionRecord:
     `gpus` holds one `(type, count)` per ranked choice (a fallback list has several; no GPU gives []).
     `cpu` is in cores, `memory_mb` in MiB; `secrets` and `volumes` hold names where the client gave
     them (ids otherwise); `volumes` maps a mount path to the volume. `peak_running` is the most inputs
-    that ran at once, which a concurrency limit must bound.
+    that ran at once, which a concurrency limit must bound; `peak_inputs_per_container` the most one
+    container ran at once (input concurrency); `batch_sizes` the size of every batch (or single input)
+    handed to a container, in order.
     """
 
     function_id: str
@@ -73,6 +75,8 @@ class FunctionRecord:
     volumes: dict[str, str]
     regions: list[str]
     peak_running: int = 0
+    peak_inputs_per_container: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -86,11 +90,16 @@ class AppRecord:
 
 @dataclass
 class LogLine:
-    """A line a worker wrote: which function, which stream (`"stdout"` or `"stderr"`), the text."""
+    """Output a container wrote: which function, which stream (`"stdout"` or `"stderr"`), the text, the
+    container (`task_id`), and the input and call it is attributed to (empty between inputs, or while a
+    container runs several at once)."""
 
     function_name: str
     stream: str
     text: str
+    task_id: str = ""
+    input_id: str = ""
+    function_call_id: str = ""
 
 
 class Recorder:
@@ -179,5 +188,5 @@ class Recorder:
         return files
 
     def log_text(self, function_name: str) -> str:
-        """Everything the workers of `function_name` printed, stdout and stderr interleaved."""
+        """Everything the containers of `function_name` printed, stdout and stderr interleaved."""
         return "".join(line.text for line in list(self.logs) if line.function_name == function_name)

@@ -28,13 +28,19 @@ from grpclib.server import Server
 
 from mini.local._environ import applied
 from tests.emulator.blobs import BlobStore
+from tests.emulator.container_service import ContainerService
+from tests.emulator.containers import TASK_HEADER
 from tests.emulator.recorder import Recorder
+from tests.emulator.rpc import Unimplemented
 from tests.emulator.servicer import Servicer
+from tests.emulator.volume_service import VolumeService
 
 TOKEN_ID = "ak-emulator"
 TOKEN_SECRET = "as-emulator"
 # Clients heartbeat every 15 s; an ephemeral app that misses four in a row has lost its client.
 APP_HEARTBEAT_TIMEOUT = 60.0
+# Modal commits the volumes a container mounts "every few seconds" while it runs.
+BACKGROUND_COMMIT_SECS = 5.0
 # Modal refuses an unknown token with status UNAUTHENTICATED, which the client raises as AuthError;
 # the wording is the emulator's own.
 INVALID_TOKEN_MESSAGE = "Token ID or secret is invalid. Run `modal token new` to create a new token."
@@ -50,9 +56,11 @@ class Emulator:
         ssl_context: ssl.SSLContext | None = None,
         heartbeat_timeout: float = APP_HEARTBEAT_TIMEOUT,
         client_retries: bool = False,
+        background_commit_secs: float | None = BACKGROUND_COMMIT_SECS,
     ) -> None:
         self.recorder = Recorder()
         self._client_retries = client_retries
+        self._background_commit_secs = background_commit_secs
         self.port = port
         self._ssl = ssl_context
         self._heartbeat_timeout = heartbeat_timeout
@@ -127,15 +135,29 @@ class Emulator:
         try:
             self._loop = asyncio.get_running_loop()
             self._stopped = asyncio.Event()
-            blobs = BlobStore()
+            blobs = BlobStore(self._workdir / "blobs")
             await blobs.start()
-            self._servicer = Servicer(
+            self._servicer = servicer = Servicer(
                 recorder=self.recorder,
                 blobs=blobs,
                 workdir=self._workdir,
                 client_retries=self._client_retries,
+                background_commit_secs=self._background_commit_secs,
             )
-            server = Server([self._servicer])
+            handlers = [
+                Unimplemented(self.recorder),
+                servicer,
+                VolumeService(
+                    volumes=servicer.volumes,
+                    files=servicer.files,
+                    runner=servicer.runner,
+                    recorder=self.recorder,
+                ),
+                ContainerService(servicer.runner, servicer.calls),
+            ]
+            # Containers are served the same API through endpoints of their own (see containers.py).
+            servicer.runner.handlers = handlers
+            server = Server(handlers)
             listen(server, RecvRequest, self._on_request)
             if self._ssl is not None:
                 self._ssl.set_alpn_protocols(["h2"])
@@ -157,6 +179,8 @@ class Emulator:
         method = event.method_name.rsplit("/", 1)[-1]
         self.recorder.count_rpc(method)
         metadata = event.metadata
+        # Only a container's own endpoint says which container is asking.
+        metadata.pop(TASK_HEADER, None)
         if (
             metadata.get("x-modal-token-id") != TOKEN_ID
             or metadata.get("x-modal-token-secret") != TOKEN_SECRET
@@ -177,19 +201,25 @@ def run_emulator(
     ssl_context: ssl.SSLContext | None = None,
     heartbeat_timeout: float = APP_HEARTBEAT_TIMEOUT,
     client_retries: bool = False,
+    background_commit_secs: float | None = BACKGROUND_COMMIT_SECS,
 ) -> Iterator[Emulator]:
     """Start an emulator for the block (a free port unless `port` is given; TLS if `ssl_context`).
 
     An ephemeral app whose client sends no heartbeat for `heartbeat_timeout` seconds is stopped. With
     `client_retries`, maps retry failed inputs from the client (FunctionMap answers
     `sync_client_retries_enabled`, and the client sends FunctionRetryInputs), as Modal has its clients do;
-    otherwise the emulator retries them itself.
+    otherwise the emulator retries them itself. Containers commit the volumes they mount every
+    `background_commit_secs` (None: only when they call `commit()` and when they exit).
 
     with run_emulator() as emulator, emulator.client_environment():
         ...
     """
     emulator = Emulator(
-        port=port, ssl_context=ssl_context, heartbeat_timeout=heartbeat_timeout, client_retries=client_retries
+        port=port,
+        ssl_context=ssl_context,
+        heartbeat_timeout=heartbeat_timeout,
+        client_retries=client_retries,
+        background_commit_secs=background_commit_secs,
     )
     emulator.start()
     try:

@@ -1,10 +1,10 @@
-"""The gRPC side of the emulator: the subset of Modal's control-plane API that `App.run` and calls use.
+"""The gRPC side of the emulator for apps, images, mounts, secrets, functions and their calls.
 
     servicer = Servicer(recorder=Recorder(), blobs=blob_store, workdir=Path("/tmp/emulator"))
-    server = grpclib.server.Server([servicer])
+    server = grpclib.server.Server([Unimplemented(recorder), servicer, ...])
 
-Every method of `ModalClientBase` not defined here answers UNIMPLEMENTED and is recorded by name in
-`recorder.unimplemented`, so a client feature the emulator lacks fails loudly instead of hanging.
+Volumes, queues, dicts and the RPCs of containers are served by their own services (`volume_service`,
+`queue_service`, `dict_service`, `container_service`) over the state held here.
 """
 
 from __future__ import annotations
@@ -14,31 +14,34 @@ import contextlib
 import hashlib
 import itertools
 import re
-from collections.abc import Callable
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import get_args
 
 from google.protobuf.empty_pb2 import Empty
 from grpclib import GRPCError, Status
 from grpclib.server import Stream
 from modal._image import ImageBuilderVersion
-from modal._utils.jwt_utils import DecodedJwt
 from modal.mount import client_mount_name
 from modal_proto import api_pb2
-from modal_proto.api_grpc import ModalClientBase
 
 from tests.emulator.blobs import BlobStore
 from tests.emulator.calls import FunctionCall, format_entry_id, parse_entry_id
+from tests.emulator.containers import Container, LogSink
+from tests.emulator.files import FileStore
 from tests.emulator.functions import EmulatedFunction, FunctionRunner, Provision
 from tests.emulator.image_builds import ImageBuilds, build_result
 from tests.emulator.recorder import AppRecord, FunctionRecord, LogLine, MountRecord, Recorder
-from tests.emulator.workers import LogSink
+from tests.emulator.rpc import Service, claims, jwt
+from tests.emulator.volumes import VolumeStore
 
 IMAGE_BUILDER_VERSION = max(version for version in get_args(ImageBuilderVersion) if version != "PREVIEW")
 WORKSPACE = "emulator"
 # Outputs of a map are sent in pages of about this size; the client's cursor fetches the rest.
 MAX_OUTPUTS_BYTES = 16 << 20
+# A generator whose data-out stream has no reader for this long was abandoned by its caller.
+ABANDONED_GENERATOR_GRACE = 2.0
 _STANDALONE_PYTHON = re.compile(r"^python-build-standalone\.\w+\.(\d+\.\d+)\.\d+-gnu$")
 _APP_STATE_NAMES = {
     api_pb2.APP_STATE_EPHEMERAL: "ephemeral",
@@ -56,6 +59,7 @@ class _App:
     done: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     function_ids: set[str] = field(default_factory=set)
+    tags: dict[str, str] = field(default_factory=dict)  # function tag -> id, as AppPublish names them
     last_heartbeat: float = 0.0
 
     def add_log(self, batch: api_pb2.TaskLogsBatch) -> None:
@@ -68,38 +72,47 @@ class _App:
         self.changed.set()
 
 
-class Servicer(ModalClientBase):
-    """Control-plane state (apps, images, mounts, functions, calls) and the RPCs over it."""
+class Servicer(Service):
+    """Control-plane state (apps, images, mounts, functions, calls, volumes) and the RPCs over most of it."""
 
     def __init__(
-        self, *, recorder: Recorder, blobs: BlobStore, workdir: Path, client_retries: bool = False
+        self,
+        *,
+        recorder: Recorder,
+        blobs: BlobStore,
+        workdir: Path,
+        client_retries: bool = False,
+        background_commit_secs: float | None = None,
     ) -> None:
         self.recorder = recorder
         self._client_retries = client_retries
-        self._blobs = blobs
+        self.blobs = blobs
         self._workdir = workdir
         self._ids = itertools.count(1)
         self._apps: dict[str, _App] = {}
         self._images = ImageBuilds(recorder)
-        self._files: dict[str, bytes] = {}
+        self.files = FileStore(workdir / "files")
+        self.volumes = VolumeStore(workdir / "volumes", blobs)
         self._mount_files: dict[str, dict[str, str]] = {}
-        self._functions: dict[str, EmulatedFunction] = {}
-        self._runner = FunctionRunner(
-            images=self._images, blobs=blobs, recorder=recorder, workdir=workdir, provision=self._provision
+        self.runner = FunctionRunner(
+            images=self._images,
+            volumes=self.volumes,
+            recorder=recorder,
+            workdir=workdir,
+            provision=self._provision,
+            background_commit_secs=background_commit_secs,
         )
-        self._calls: dict[str, FunctionCall] = {}
+        self._functions = self.runner.functions
+        self.calls: dict[str, FunctionCall] = {}
         self._secrets: dict[str, dict[str, str]] = {}
         self._secret_names: dict[str, str] = {}
-        self._volume_names: dict[str, str] = {}
 
     def _new_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids)}"
 
     async def shutdown(self) -> None:
-        """Stop every input and container (the emulator is going away)."""
-        for call in self._calls.values():
-            self._runner.cancel(call)
-        await self._runner.shutdown(list(self._functions.values()))
+        """Stop every container (the emulator is going away)."""
+        await self.runner.shutdown()
 
     # --- client and environment ---
 
@@ -142,7 +155,9 @@ class Servicer(ModalClientBase):
 
     async def AppPublish(self, stream: Stream) -> None:
         request: api_pb2.AppPublishRequest = await stream.recv_message()
-        self._app(request.app_id).record.states.append(_APP_STATE_NAMES.get(request.app_state, "unknown"))
+        app = self._app(request.app_id)
+        app.record.states.append(_APP_STATE_NAMES.get(request.app_state, "unknown"))
+        app.tags.update(request.function_ids)
         await stream.send_message(
             api_pb2.AppPublishResponse(url=f"http://emulator.invalid/apps/{request.app_id}")
         )
@@ -174,11 +189,9 @@ class Servicer(ModalClientBase):
 
     def _stop(self, app: _App) -> None:
         # An ephemeral app dies with its client: its inputs are stopped, its containers go away.
-        for call in self._calls.values():
-            if call.function_id in app.function_ids:
-                self._runner.cancel(call)
         for function_id in app.function_ids:
-            self._runner.stop_containers(self._functions[function_id])
+            calls = [call for call in self.calls.values() if call.function_id == function_id]
+            self.runner.stop(self._functions[function_id], calls)
         app.record.states.append("stopped")
 
     async def AppGetLogs(self, stream: Stream) -> None:
@@ -199,7 +212,7 @@ class Servicer(ModalClientBase):
             raise GRPCError(Status.NOT_FOUND, f"App {app_id} not found")
         return self._apps[app_id]
 
-    # --- secrets and volumes (recorded; secrets also reach the containers' environment) ---
+    # --- secrets (recorded; they also reach the containers' environment) ---
 
     async def SecretGetOrCreate(self, stream: Stream) -> None:
         request: api_pb2.SecretGetOrCreateRequest = await stream.recv_message()
@@ -222,36 +235,21 @@ class Servicer(ModalClientBase):
         self._secrets[secret_id] = dict(env)
         self._secret_names[name] = secret_id
 
-    async def VolumeGetOrCreate(self, stream: Stream) -> None:
-        request: api_pb2.VolumeGetOrCreateRequest = await stream.recv_message()
-        name = request.deployment_name
-        volume_id = next((vid for vid, known in self._volume_names.items() if name and known == name), None)
-        if volume_id is None:
-            volume_id = self._new_id("vo")
-            self._volume_names[volume_id] = name or volume_id
-        self.recorder.volumes[volume_id] = self._volume_names[volume_id]
-        await stream.send_message(api_pb2.VolumeGetOrCreateResponse(volume_id=volume_id))
-
     # --- blobs ---
 
     async def BlobCreate(self, stream: Stream) -> None:
-        await stream.recv_message()
-        blob_id = self._blobs.create()
-        await stream.send_message(
-            api_pb2.BlobCreateResponse(
-                blob_ids=[blob_id], upload_urls=api_pb2.UploadUrlList(items=[self._blobs.url(blob_id)])
-            )
-        )
+        request: api_pb2.BlobCreateRequest = await stream.recv_message()
+        await stream.send_message(self.blobs.create_upload(request.content_length))
 
     async def BlobGet(self, stream: Stream) -> None:
         request: api_pb2.BlobGetRequest = await stream.recv_message()
-        await stream.send_message(api_pb2.BlobGetResponse(download_url=self._blobs.url(request.blob_id)))
+        await stream.send_message(api_pb2.BlobGetResponse(download_url=self.blobs.url(request.blob_id)))
 
     # --- mounts ---
 
     async def MountBatchedCheckExistence(self, stream: Stream) -> None:
         request: api_pb2.MountBatchedCheckExistenceRequest = await stream.recv_message()
-        missing = [digest for digest in request.sha256_hex_hashes if digest not in self._files]
+        missing = [digest for digest in request.sha256_hex_hashes if digest not in self.files]
         await stream.send_message(
             api_pb2.MountBatchedCheckExistenceResponse(missing_sha256_hex_hashes=missing)
         )
@@ -259,11 +257,15 @@ class Servicer(ModalClientBase):
     async def MountPutFile(self, stream: Stream) -> None:
         request: api_pb2.MountPutFileRequest = await stream.recv_message()
         kind = request.WhichOneof("data_oneof")
-        if kind == "data":
-            self._files[request.sha256_hex] = request.data
-        elif kind == "data_blob_id":
-            self._files[request.sha256_hex] = self._blobs.get(request.data_blob_id)
-        await stream.send_message(api_pb2.MountPutFileResponse(exists=request.sha256_hex in self._files))
+        try:
+            if kind == "data":
+                self.files.put_bytes(request.sha256_hex, request.data)
+            elif kind == "data_blob_id":
+                self.files.adopt(request.sha256_hex, self.blobs.path(request.data_blob_id))
+            exists = request.sha256_hex in self.files
+        except KeyError as error:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(error)) from None
+        await stream.send_message(api_pb2.MountPutFileResponse(exists=exists))
 
     async def MountGetOrCreate(self, stream: Stream) -> None:
         request: api_pb2.MountGetOrCreateRequest = await stream.recv_message()
@@ -361,7 +363,18 @@ class Servicer(ModalClientBase):
         definition = ranked[0]
         function_id = request.existing_function_id or self._new_id("fu")
         record = self._function_record(function_id, request.app_id, definition, ranked)
-        self._functions[function_id] = EmulatedFunction(record=record, definition=definition)
+        handle_metadata = api_pb2.FunctionHandleMetadata(
+            function_name=definition.function_name,
+            function_type=definition.function_type,
+            definition_id=f"de-{function_id}",
+            function_schema=definition.function_schema,
+            supported_input_formats=definition.supported_input_formats,
+            supported_output_formats=definition.supported_output_formats,
+            app_id=request.app_id,
+        )
+        self._functions[function_id] = EmulatedFunction(
+            record=record, definition=definition, handle_metadata=handle_metadata
+        )
         self._app(request.app_id).function_ids.add(function_id)
         self.recorder.functions[function_id] = record
         function_data = api_pb2.FunctionData(
@@ -376,17 +389,7 @@ class Servicer(ModalClientBase):
         )
         await stream.send_message(
             api_pb2.FunctionCreateResponse(
-                function_id=function_id,
-                handle_metadata=api_pb2.FunctionHandleMetadata(
-                    function_name=definition.function_name,
-                    function_type=definition.function_type,
-                    definition_id=f"de-{function_id}",
-                    function_schema=definition.function_schema,
-                    supported_input_formats=definition.supported_input_formats,
-                    supported_output_formats=definition.supported_output_formats,
-                    app_id=request.app_id,
-                ),
-                function_data=function_data,
+                function_id=function_id, handle_metadata=handle_metadata, function_data=function_data
             )
         )
 
@@ -416,11 +419,16 @@ class Servicer(ModalClientBase):
             max_containers=max_containers,
             secrets=[self._secret_label(secret_id) for secret_id in definition.secret_ids],
             volumes={
-                mount.mount_path: self._volume_names.get(mount.volume_id, mount.volume_id)
-                for mount in definition.volume_mounts
+                mount.mount_path: self._volume_label(mount.volume_id) for mount in definition.volume_mounts
             },
             regions=list(definition.scheduler_placement.regions),
         )
+
+    def _volume_label(self, volume_id: str) -> str:
+        try:
+            return self.volumes.get(volume_id).name or volume_id
+        except Exception:  # noqa: BLE001 - an unknown volume is recorded by its id
+            return volume_id
 
     def _secret_label(self, secret_id: str) -> str:
         return next((name for name, known in self._secret_names.items() if known == secret_id), secret_id)
@@ -437,12 +445,12 @@ class Servicer(ModalClientBase):
         call.client_retries = self._client_retries and (
             request.function_call_invocation_type == api_pb2.FUNCTION_CALL_INVOCATION_TYPE_SYNC
         )
-        self._calls[call.function_call_id] = call
+        self.calls[call.function_call_id] = call
         pipelined = [self._put_input(function, call, item) for item in request.pipelined_inputs]
         await stream.send_message(
             api_pb2.FunctionMapResponse(
                 function_call_id=call.function_call_id,
-                function_call_jwt=_jwt(function_call_id=call.function_call_id),
+                function_call_jwt=jwt(function_call_id=call.function_call_id),
                 pipelined_inputs=pipelined,
                 retry_policy=function.definition.retry_policy,
                 sync_client_retries_enabled=call.client_retries,
@@ -459,15 +467,15 @@ class Servicer(ModalClientBase):
 
     async def FunctionRetryInputs(self, stream: Stream) -> None:
         request: api_pb2.FunctionRetryInputsRequest = await stream.recv_message()
-        call = self._call(_claims(request.function_call_jwt)["function_call_id"])
+        call = self._call(claims(request.function_call_jwt)["function_call_id"])
         if not call.client_retries:
             raise GRPCError(
                 Status.FAILED_PRECONDITION, "this function call's inputs are retried by the server"
             )
         function = self._function(call.function_id)
         for retry in request.inputs:
-            item = call.input(_claims(retry.input_jwt)["input_id"])
-            self._runner.retry_input(function, call, item, retry.retry_count)
+            item = call.input(claims(retry.input_jwt)["input_id"])
+            self.runner.retry_input(function, call, item, retry.retry_count)
         await stream.send_message(
             api_pb2.FunctionRetryInputsResponse(input_jwts=[retry.input_jwt for retry in request.inputs])
         )
@@ -512,8 +520,36 @@ class Servicer(ModalClientBase):
 
     async def FunctionCallCancel(self, stream: Stream) -> None:
         request: api_pb2.FunctionCallCancelRequest = await stream.recv_message()
-        self._runner.cancel(self._call(request.function_call_id))
+        call = self._call(request.function_call_id)
+        self.runner.cancel(
+            self._function(call.function_id), call, terminate_containers=request.terminate_containers
+        )
         await stream.send_message(Empty())
+
+    async def FunctionCallGetDataOut(self, stream: Stream) -> None:
+        """What a generator yielded, streamed as it is produced; the caller leaving early (the stream
+        closes before the generator is done, and nobody reads it again) stops the generator."""
+        request: api_pb2.FunctionCallGetDataRequest = await stream.recv_message()
+        call = self._call(request.function_call_id)
+        position = 0
+        call.data_out_readers += 1
+        try:
+            while True:
+                chunks = await call.wait_data_out(after=position, timeout=55)
+                if not chunks and call.num_unfinished == 0:
+                    return
+                for chunk in chunks:
+                    if chunk.index > request.last_index:
+                        await stream.send_message(chunk)
+                position += len(chunks)
+        finally:
+            call.data_out_readers -= 1
+            if call.num_unfinished and not call.data_out_readers:
+                asyncio.get_running_loop().call_later(ABANDONED_GENERATOR_GRACE, self._stop_abandoned, call)
+
+    def _stop_abandoned(self, call: FunctionCall) -> None:
+        if call.num_unfinished and not call.data_out_readers:
+            self.runner.cancel(self._function(call.function_id), call)
 
     def _function(self, function_id: str) -> EmulatedFunction:
         if function_id not in self._functions:
@@ -521,79 +557,102 @@ class Servicer(ModalClientBase):
         return self._functions[function_id]
 
     def _call(self, function_call_id: str) -> FunctionCall:
-        if function_call_id not in self._calls:
+        if function_call_id not in self.calls:
             raise GRPCError(Status.NOT_FOUND, f"Function call {function_call_id} not found")
-        return self._calls[function_call_id]
+        return self.calls[function_call_id]
 
     def _put_input(
         self, function: EmulatedFunction, call: FunctionCall, put: api_pb2.FunctionPutInputsItem
     ) -> api_pb2.FunctionPutInputsResponseItem:
-        if put.input.WhichOneof("args_oneof") == "args_blob_id":
-            args = self._blobs.get(put.input.args_blob_id)
-        else:
-            args = put.input.args
-        item = self._runner.put_input(
-            function,
-            call,
-            idx=put.idx,
-            args=args,
-            data_format=put.input.data_format,
-            client_retries=call.client_retries,
-        )
+        # Arguments uploaded as a blob stay one: the container's runtime downloads them, as on Modal.
+        item = self.runner.put_input(function, call, idx=put.idx, input=put.input)
         return api_pb2.FunctionPutInputsResponseItem(
-            idx=put.idx, input_id=item.input_id, input_jwt=_jwt(input_id=item.input_id, idx=put.idx)
+            idx=put.idx, input_id=item.input_id, input_jwt=jwt(input_id=item.input_id, idx=put.idx)
         )
 
     def _provision(self, function: EmulatedFunction) -> Provision:
         files = {
-            filename: self._files[digest]
+            filename: self.files.path(digest)
             for mount_id in function.record.mount_ids
             for filename, digest in self._mount_files.get(mount_id, {}).items()
         }
         secret_env: dict[str, str] = {}
         for secret_id in function.definition.secret_ids:
             secret_env.update(self._secrets.get(secret_id, {}))
-        return Provision(files=files, secret_env=secret_env, on_log=self._log_sink(function))
+        volumes = [
+            (mount.mount_path, self.volumes.get(mount.volume_id))
+            for mount in function.definition.volume_mounts
+        ]
+        arguments = api_pb2.ContainerArguments(
+            function_id=function.record.function_id,
+            app_id=function.record.app_id,
+            function_def=function.definition,
+            environment_name="main",
+            app_layout=self._layout(self._apps[function.record.app_id], function),
+        )
+        return Provision(
+            files=files,
+            secret_env=secret_env,
+            volumes=volumes,
+            arguments=arguments,
+            on_log=self._log_sink(function),
+        )
+
+    def _layout(self, app: _App, function: EmulatedFunction) -> api_pb2.AppLayout:
+        """The app's objects as its containers hydrate them: its functions, and what they depend on."""
+        objects = {}
+        for function_id in app.function_ids:
+            member = self._functions[function_id]
+            objects[function_id] = api_pb2.Object(
+                object_id=function_id, function_handle_metadata=member.handle_metadata
+            )
+        for dependency in function.definition.object_dependencies:
+            object_id = dependency.object_id
+            if object_id in objects:
+                continue
+            if object_id.startswith("vo-"):
+                objects[object_id] = api_pb2.Object(
+                    object_id=object_id, volume_metadata=self.volumes.get(object_id).metadata
+                )
+            else:
+                objects[object_id] = api_pb2.Object(object_id=object_id)
+        return api_pb2.AppLayout(objects=list(objects.values()), function_ids=app.tags)
 
     def _log_sink(self, function: EmulatedFunction) -> LogSink:
         app = self._apps[function.record.app_id]
         descriptors = {"stdout": api_pb2.FILE_DESCRIPTOR_STDOUT, "stderr": api_pb2.FILE_DESCRIPTOR_STDERR}
+        function_id = function.record.function_id
 
-        def sink(stream_name: str, text: str) -> None:
-            self.recorder.logs.append(LogLine(function.record.name, stream_name, text))
+        def sink(container: Container, stream_name: str, text: str) -> None:
+            # Output is the input's when the container runs exactly one, as it does without concurrency;
+            # text written between inputs, or while several run at once, belongs to the container only.
+            running = list(container.running.values())
+            attempt = running[0] if len(running) == 1 else None
+            input_id = attempt.item.input_id if attempt else ""
+            function_call_id = attempt.call.function_call_id if attempt else ""
+            now = time.time_ns()
+            self.recorder.logs.append(
+                LogLine(
+                    function.record.name, stream_name, text, container.task_id, input_id, function_call_id
+                )
+            )
             app.add_log(
                 api_pb2.TaskLogsBatch(
-                    function_id=function.record.function_id,
-                    items=[api_pb2.TaskLogs(data=text, file_descriptor=descriptors[stream_name])],
+                    task_id=container.task_id,
+                    function_id=function_id,
+                    input_id=input_id,
+                    items=[
+                        api_pb2.TaskLogs(
+                            data=text,
+                            file_descriptor=descriptors[stream_name],
+                            timestamp=now / 1e9,
+                            timestamp_ns=now,
+                            function_call_id=function_call_id,
+                            input_id=input_id,
+                            container_id=container.task_id,
+                        )
+                    ],
                 )
             )
 
         return sink
-
-
-def _jwt(**claims: object) -> str:
-    """An unsigned JWT carrying `claims`, as the tokens Modal hands out for calls and inputs (its client
-    reads their payload, for example an input's `idx`)."""
-    return DecodedJwt.encode_without_signature(claims)
-
-
-def _claims(token: str) -> dict[str, Any]:
-    try:
-        return DecodedJwt.decode_without_verification(token).payload
-    except (ValueError, UnicodeDecodeError) as error:
-        raise GRPCError(Status.INVALID_ARGUMENT, f"malformed token {token[:40]!r}: {error}") from None
-
-
-def _unimplemented(name: str) -> Callable[[Servicer, Stream], Any]:
-    async def handler(self: Servicer, stream: Stream) -> None:
-        self.recorder.unimplemented.append(name)
-        raise GRPCError(Status.UNIMPLEMENTED, f"the Modal emulator does not implement {name}")
-
-    handler.__name__ = name
-    return handler
-
-
-for _name in ModalClientBase.__abstractmethods__:
-    if _name not in Servicer.__dict__:
-        setattr(Servicer, _name, _unimplemented(_name))
-Servicer.__abstractmethods__ = frozenset()

@@ -14,7 +14,7 @@ def _call_with_outputs(sizes: list[int]) -> FunctionCall:
         "fc-test", function_id="fu-test", invocation_type=api_pb2.FUNCTION_CALL_INVOCATION_TYPE_SYNC
     )
     for index, size in enumerate(sizes):
-        item = call.add_input(idx=index, args=b"", data_format=api_pb2.DATA_FORMAT_PICKLE)
+        item = call.add_input(idx=index, input=api_pb2.FunctionInput(data_format=api_pb2.DATA_FORMAT_PICKLE))
         result = api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS, data=b"x" * size)
         call.add_output(
             item, api_pb2.FunctionGetOutputsItem(input_id=item.input_id, idx=index, result=result)
