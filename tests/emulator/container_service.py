@@ -13,7 +13,9 @@ import contextlib
 
 from google.protobuf.empty_pb2 import Empty
 from grpclib import GRPCError, Status
+from grpclib.exceptions import StreamTerminatedError
 from grpclib.server import Stream
+from h2.exceptions import StreamClosedError
 from modal.client import HEARTBEAT_INTERVAL
 from modal_proto import api_pb2
 
@@ -54,7 +56,10 @@ class ContainerService(Service):
         items = await self._runner.next_inputs(
             container, batch_max_size=request.batch_max_size, batch_linger_ms=request.batch_linger_ms
         )
-        await stream.send_message(api_pb2.FunctionGetInputsResponse(inputs=items))
+        try:
+            await stream.send_message(api_pb2.FunctionGetInputsResponse(inputs=items))
+        except (StreamTerminatedError, StreamClosedError):
+            self._runner.undeliver(container, items)  # the container went away before it got them
 
     async def FunctionPutOutputs(self, stream: Stream) -> None:
         request: api_pb2.FunctionPutOutputsRequest = await stream.recv_message()

@@ -103,11 +103,17 @@ class Container:
             shutil.copyfile(contents, target)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    async def start(self, handlers: list[Any], on_log: LogSink) -> None:
-        """Open the container's endpoint and start its runtime (`write_filesystem` and volumes first)."""
+    async def start(self, handlers: list[Any], on_log: LogSink, on_request: Callable[[str], None]) -> None:
+        """Open the container's endpoint and start its runtime (`write_filesystem` and volumes first);
+        `on_request` is told the name of every RPC arriving through the endpoint."""
         socket_path = self.folder / "modal.sock"
         self._server = Server(handlers)
-        listen(self._server, RecvRequest, self._tag_request)
+
+        async def tag_request(event: RecvRequest) -> None:
+            on_request(event.method_name.rsplit("/", 1)[-1])
+            event.metadata[TASK_HEADER] = self.task_id
+
+        listen(self._server, RecvRequest, tag_request)
         await self._server.start(path=str(socket_path))
         arguments = api_pb2.ContainerArguments()
         arguments.CopyFrom(self.spec.arguments)
@@ -191,9 +197,6 @@ class Container:
             # The container's processes form one group, as a container's do: user subprocesses go too.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, number)
-
-    async def _tag_request(self, event: RecvRequest) -> None:
-        event.metadata[TASK_HEADER] = self.task_id
 
 
 class _LogPipe(asyncio.Protocol):

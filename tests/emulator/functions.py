@@ -244,6 +244,24 @@ class FunctionRunner:
             for attempt in batch
         ]
 
+    def undeliver(self, container: Container, items: list[api_pb2.FunctionGetInputsItem]) -> None:
+        """Take back inputs a container never received: they wait for the next container."""
+        entry = self._containers.get(container.task_id)
+        if entry is None:
+            return  # it exited, and what it held was settled then
+        function = entry[0]
+        for item in reversed(items):
+            attempt = container.running.pop(item.input_id, None)
+            if attempt is None:
+                continue
+            function.running -= 1
+            if attempt.timer is not None:
+                attempt.timer.cancel()
+            attempt.container = None
+            if not attempt.finished:
+                function.pending.appendleft(attempt)
+                function.arrived.set()
+
     async def put_outputs(self, container: Container, outputs: list[api_pb2.FunctionPutOutputsItem]) -> None:
         """FunctionPutOutputs: the container's outputs; each is final unless the policy retries it."""
         await container.settle_logs()  # the logs of an input are complete before its output is used
@@ -326,7 +344,7 @@ class FunctionRunner:
                     container.views[volume.volume_id] = view
             container.idle_since = asyncio.get_running_loop().time()
             self._containers[container.task_id] = (function, container)
-            await container.start(self.handlers, provision.on_log)
+            await container.start(self.handlers, provision.on_log, self._recorder.count_container_rpc)
         except Exception as exc:  # noqa: BLE001 - a container that cannot start fails the inputs
             function.starting -= 1
             if container is not None:

@@ -105,7 +105,8 @@ class LogLine:
 class Recorder:
     """Everything the emulator observed since it started (or since `reset()`).
 
-    recorder.rpc_counts["AppCreate"]        # how often an RPC was called
+    recorder.rpc_counts["AppCreate"]        # how often a client called an RPC
+    recorder.container_rpc_counts           # the same for RPCs made from inside containers
     recorder.unimplemented                  # RPC names the emulator refused, in call order
     recorder.function("train").gpus         # options of the latest function with that name
     recorder.image_of("train").pins         # the image that function asked for
@@ -115,6 +116,7 @@ class Recorder:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.rpc_counts: Counter[str] = Counter()
+        self.container_rpc_counts: Counter[str] = Counter()  # RPCs that came from containers
         self.unimplemented: list[str] = []
         self.images: dict[str, ImageRecord] = {}
         self.mounts: dict[str, MountRecord] = {}
@@ -129,6 +131,7 @@ class Recorder:
         """Forget everything recorded so far (the emulator's state itself is kept)."""
         with self._lock:
             self.rpc_counts.clear()
+            self.container_rpc_counts.clear()
         self.unimplemented.clear()
         self.images.clear()
         self.mounts.clear()
@@ -142,6 +145,10 @@ class Recorder:
     def count_rpc(self, method: str) -> None:
         with self._lock:
             self.rpc_counts[method] += 1
+
+    def count_container_rpc(self, method: str) -> None:
+        with self._lock:
+            self.container_rpc_counts[method] += 1
 
     @contextlib.contextmanager
     def counting(self) -> Iterator[Counter[str]]:
