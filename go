@@ -1,28 +1,23 @@
 #!/usr/bin/env bash
-# Dev tasks. `./go help` lists them. A fresh machine needs only Python: uv is installed with pip if missing.
+# Dev tasks. `./go help` lists them. A fresh machine needs only Python: uv is installed once with pip if missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-ensure_uv() {
-  if command -v uv >/dev/null 2>&1; then return; fi
-  local py
-  py=$(command -v python3 || command -v python) || { echo "go: no python3 found; install Python 3.10+ first" >&2; exit 1; }
-  echo "go: uv not found; installing it with $py -m pip --user" >&2
-  "$py" -m pip install --quiet --user uv || "$py" -m pip install --quiet uv
-  export PATH="$("$py" -c 'import site, os; print(os.path.join(site.USER_BASE, "bin"))'):$PATH"
-  command -v uv >/dev/null 2>&1 || { echo "go: installed uv but cannot find it on PATH" >&2; exit 1; }
-}
+# shellcheck source=bin/_uv.bash
+source bin/_uv.bash
+ensure_uv() { mini_ensure_uv "$PWD" ./go; mini_check_lock "$PWD" ./go; }
 
-task_install() { ensure_uv; uv sync --frozen; }
-task_test() { ensure_uv; uv sync --frozen --quiet; uv run --frozen --no-sync pytest "$@"; }
+task_install() { ensure_uv; "$uv" sync --frozen; }
+# The suite picks its own projects (temporary ones included): a MINI_PROJECT from the shell would override them.
+task_test() { ensure_uv; "$uv" sync --frozen --quiet; env -u MINI_PROJECT "$uv" run --frozen --no-sync pytest "$@"; }
 task_check() {
-  ensure_uv; uv sync --frozen --quiet
-  uv run --frozen --no-sync ruff check src tests bench
-  uv run --frozen --no-sync ruff format --check src tests bench
+  ensure_uv; "$uv" sync --frozen --quiet
+  "$uv" run --frozen --no-sync ruff check src tests bench
+  "$uv" run --frozen --no-sync ruff format --check src tests bench
 }
-task_fmt() { ensure_uv; uv run --frozen ruff format src tests bench; uv run --frozen ruff check --fix src tests bench; }
-task_bench() { ensure_uv; uv sync --frozen --quiet; uv run --frozen --no-sync python -m bench "$@"; }
-task_auth() { ensure_uv; uv sync --frozen --quiet; uv run --frozen --no-sync python -m mini.auth "$@"; }
+task_fmt() { ensure_uv; "$uv" run --frozen ruff format src tests bench; "$uv" run --frozen ruff check --fix src tests bench; }
+task_bench() { ensure_uv; "$uv" sync --frozen --quiet; "$uv" run --frozen --no-sync python -m bench "$@"; }
+task_auth() { ensure_uv; "$uv" sync --frozen --quiet; "$uv" run --frozen --no-sync python -m mini.auth "$@"; }
 task_help() {
   cat <<'HELP'
 ./go install        create .venv with the locked dependencies (dev and local groups, no cuda)

@@ -130,7 +130,7 @@ class Apparatus(ABC):
         """
         _need_iterables("amap", iterables)
         async for item in self._iterate_async(
-            fn, zip(*iterables, strict=False), kwargs, order_outputs, return_exceptions
+            fn, zip(*iterables, strict=False), kwargs, order_outputs, return_exceptions, _length(*iterables)
         ):
             yield item
 
@@ -143,7 +143,9 @@ class Apparatus(ABC):
         return_exceptions: bool = False,
     ) -> AsyncIterator[R]:
         """Like `amap`, but each item of `iterable` is a tuple of positional arguments."""
-        async for item in self._iterate_async(fn, iter(iterable), kwargs, order_outputs, return_exceptions):
+        async for item in self._iterate_async(
+            fn, iter(iterable), kwargs, order_outputs, return_exceptions, _length(iterable)
+        ):
             yield item
 
     # ----- the sync bridge ---------------------------------------------------------------------------
@@ -179,7 +181,9 @@ class Apparatus(ABC):
         ...     print(loss)
         """
         _need_iterables("map", iterables)
-        return self._iterate_sync(fn, zip(*iterables, strict=False), kwargs, order_outputs, return_exceptions)
+        return self._iterate_sync(
+            fn, zip(*iterables, strict=False), kwargs, order_outputs, return_exceptions, _length(*iterables)
+        )
 
     def starmap(
         self,
@@ -194,7 +198,9 @@ class Apparatus(ABC):
         >>> list(app.starmap(pow, [(2, 3), (3, 2)]))
         [8, 9]
         """
-        return self._iterate_sync(fn, iter(iterable), kwargs, order_outputs, return_exceptions)
+        return self._iterate_sync(
+            fn, iter(iterable), kwargs, order_outputs, return_exceptions, _length(iterable)
+        )
 
     # ----- detached runs -----------------------------------------------------------------------------
 
@@ -226,7 +232,9 @@ class Apparatus(ABC):
     async def _run_one(
         self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any], lend_buffers: bool = False
     ) -> R:
-        run = _MapRun(self, fn, iter([args]), kwargs, ordered=True, progress=False, lend_buffers=lend_buffers)
+        run = _MapRun(
+            self, fn, iter([args]), kwargs, ordered=True, progress=False, total=1, lend_buffers=lend_buffers
+        )
         try:
             batch = await run.next_batch()
         finally:
@@ -244,8 +252,11 @@ class Apparatus(ABC):
         kwargs: Mapping[str, Any] | None,
         ordered: bool,
         return_exceptions: bool,
+        total: int | None,
     ) -> Iterator[R]:
-        run = _MapRun(self, fn, arg_tuples, kwargs, ordered=ordered, progress=self.options.progress)
+        run = _MapRun(
+            self, fn, arg_tuples, kwargs, ordered=ordered, progress=self.options.progress, total=total
+        )
         try:
             while (batch := _loop.wait(run.next_batch())) is not None:
                 yield from _values(batch, return_exceptions)
@@ -259,8 +270,11 @@ class Apparatus(ABC):
         kwargs: Mapping[str, Any] | None,
         ordered: bool,
         return_exceptions: bool,
+        total: int | None,
     ) -> AsyncIterator[R]:
-        run = _MapRun(self, fn, arg_tuples, kwargs, ordered=ordered, progress=self.options.progress)
+        run = _MapRun(
+            self, fn, arg_tuples, kwargs, ordered=ordered, progress=self.options.progress, total=total
+        )
         try:
             while (batch := await _loop.wrap(run.next_batch())) is not None:
                 for value in _values(batch, return_exceptions):
@@ -275,6 +289,14 @@ def _values(batch: list[tuple[bool, Any]], return_exceptions: bool) -> Iterator[
         if not ok and not return_exceptions:
             raise value
         yield value
+
+
+def _length(*iterables: Iterable[Any]) -> int | None:
+    """How many calls a map will make, when every iterable knows its `len()` (a generator does not)."""
+    try:
+        return min(len(iterable) for iterable in iterables)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _need_iterables(verb: str, iterables: tuple[Any, ...]) -> None:
@@ -295,6 +317,7 @@ class _MapRun:
         *,
         ordered: bool,
         progress: bool | None,
+        total: int | None = None,
         lend_buffers: bool = False,
     ) -> None:
         if not callable(fn):
@@ -305,6 +328,7 @@ class _MapRun:
         self._kwargs = dict(kwargs or {})
         self._ordered = ordered
         self._progress_enabled = progress
+        self._total = total
         self._progress: Progress | None = None
         self._encoder = ArgumentEncoder(fn, out_of_band=apparatus._takes_buffers(), lend=lend_buffers)
         self._dispatch: Dispatch | None = None
@@ -329,7 +353,7 @@ class _MapRun:
             self._dispatch = await self._apparatus._open_dispatch(
                 self._fn, dump_function(self._fn), ordered=self._ordered
             )
-            self._progress = Progress(self._apparatus.name, self._progress_enabled)
+            self._progress = Progress(self._apparatus.name, self._progress_enabled, self._total)
         while True:
             self._feed()
             if self._consumed == self._submitted and self._exhausted:

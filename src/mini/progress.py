@@ -1,15 +1,71 @@
-"""The progress display shared by every backend: queued, running, done and failed counts on stderr."""
+"""The progress of each map (and single call): counts for whoever listens, and a bar on a terminal.
+
+Every backend reports through `Progress`: queued, running, done and failed calls. On a terminal (or when
+asked) it draws a rich bar, with the lines the calls print shown above it. Code that wants the counts, such
+as the process driving a detached experiment, which records the calls the experiment makes, listens:
+
+    with listening(lambda progress_id, counts: print(counts.done, "of", counts.total)):
+        app.map(train, configs)
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import itertools
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 
-class Progress:
-    """A rich progress bar when stderr is a terminal (or when asked), nothing otherwise."""
+@dataclass(frozen=True)
+class Counts:
+    """Where one map stands. `total` is its number of inputs when known in advance (their `len()`);
+    `finished` once it is over, every call settled or, when it was stopped early, `cancelled`."""
 
-    def __init__(self, label: str, enabled: bool | None) -> None:
+    label: str
+    total: int | None
+    submitted: int
+    running: int
+    done: int
+    failed: int
+    cancelled: int = 0
+    finished: bool = False
+
+    @property
+    def queued(self) -> int:
+        return max(self.submitted - self.running - self.done - self.failed - self.cancelled, 0)
+
+
+Listener = Callable[[int, Counts], None]  # (this map's id within the process, its counts)
+
+_listeners: list[Listener] = []
+_ids = itertools.count()
+
+
+@contextlib.contextmanager
+def listening(listener: Listener) -> Iterator[None]:
+    """Tell `listener` of every change of every map in this process, for the duration of the block.
+
+    It is called from whichever thread drives the map: keep it quick and thread-safe.
+    """
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
+
+
+class Progress:
+    """One map's counts: told to listeners, and drawn as a rich bar when stderr is a terminal (or when
+    `enabled`), with what the calls print going above the bar rather than through it."""
+
+    def __init__(self, label: str, enabled: bool | None, total: int | None = None) -> None:
+        self._id = next(_ids)
+        self._label = label
+        self._total = total
+        self._last: Counts | None = None
         self._bar: Any = None
         self._task: Any = None
         if enabled is None:
@@ -27,21 +83,32 @@ class Progress:
             TextColumn("{task.fields[counts]}"),
             TimeElapsedColumn(),
             console=Console(file=sys.stderr),
+            redirect_stdout=True,
+            redirect_stderr=True,
             transient=False,
         )
-        self._task = self._bar.add_task(label, total=None, counts="")
+        self._task = self._bar.add_task(label, total=total, counts="")
         self._bar.start()
 
     def update(self, *, submitted: int, running: int, done: int, failed: int, finished: bool = False) -> None:
+        counts = Counts(self._label, self._total, submitted, running, done, failed, finished=finished)
+        self._tell(counts)
         if self._bar is None:
             return
-        queued = max(submitted - running - done - failed, 0)
-        counts = f"queued {queued} · running {running} · done {done} · failed {failed}"
-        self._bar.update(
-            self._task, completed=done + failed, total=submitted if finished else None, counts=counts
-        )
+        text = f"queued {counts.queued} · running {running} · done {done} · failed {failed}"
+        total = self._total if self._total is not None else (submitted if finished else None)
+        self._bar.update(self._task, completed=done + failed, total=total, counts=text)
 
     def close(self) -> None:
+        last = self._last
+        if last is not None and not last.finished:  # stopped early: what had not settled was cancelled
+            stopped = last.submitted - last.done - last.failed
+            self._tell(dataclasses.replace(last, running=0, cancelled=stopped, finished=True))
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+    def _tell(self, counts: Counts) -> None:
+        self._last = counts
+        for listener in list(_listeners):
+            listener(self._id, counts)

@@ -30,7 +30,12 @@ EXPERIMENT = textwrap.dedent(
                 import time; time.sleep(0.02)
         if os.environ.get("FAIL"):
             raise RuntimeError("the experiment failed")
-        return [{"x": x, "y": y} for x, y in zip(range(4), app.map(square, range(4)))]
+        squares = list(app.map(square, range(4)))
+        if os.environ.get("HOLD_BETWEEN"):  # lets a test see the calls of a first map while a second waits
+            while not Path(os.environ["HOLD_BETWEEN"]).exists():
+                import time; time.sleep(0.02)
+            squares = [app.run(square, y) for y in squares[:2]] + squares[2:]
+        return [{"x": x, "y": y} for x, y in zip(range(4), squares)]
     """
 )
 
@@ -77,9 +82,12 @@ def test_detach_then_watch_status_results_logs_and_ls(experiment, project):
     logs = mini("logs", run_id, cwd=project)
     assert "squaring 3" in logs.stdout
 
-    listing = mini("ls", cwd=project).stdout.splitlines()
-    assert listing[0].split()[:3] == ["RUN", "STATUS", "SETTLED"]
-    assert listing[1].split()[:3] == [run_id, "done", "1/1"]
+    listing = [
+        line.replace("│", " ").replace("┃", " ").split()
+        for line in mini("ls", cwd=project).stdout.splitlines()
+    ]
+    assert listing[0][:3] == ["RUN", "STATUS", "SETTLED"]
+    assert listing[2][:4] == [run_id, "done", "1/1", "local"], "a rich table: header, rule, rows"
 
 
 def test_results_of_a_running_run_say_so_and_cancel_stops_it(experiment, project, tmp_path):
@@ -95,7 +103,9 @@ def test_results_of_a_running_run_say_so_and_cancel_stops_it(experiment, project
     )
 
     cancelled = mini("cancel", run_id, cwd=project)
-    assert cancelled.returncode == 0 and "cancelled 1 of 1 calls" in cancelled.stdout
+    assert cancelled.returncode == 0 and cancelled.stdout.strip() == f"run {run_id}: cancelled the call."
+    again = mini("cancel", run_id, cwd=project)
+    assert "the call had already finished; nothing to cancel" in again.stdout
     assert json.loads(mini("status", run_id, "--json", cwd=project).stdout)["status"] == "cancelled"
     assert mini("watch", run_id, cwd=project).returncode == 1
 
@@ -112,13 +122,16 @@ def test_a_failed_run_exits_non_zero_with_its_traceback(experiment, project):
 
 def test_bad_run_ids_get_one_clear_line(experiment, project):
     nothing = mini("status", "nope", cwd=project)
-    assert nothing.returncode == 2 and "no runs are recorded" in nothing.stderr
+    assert nothing.returncode == 7 and "no runs are recorded" in nothing.stderr
     run_id = mini("run", experiment.name, "--detach", cwd=project).stdout.strip()
     unknown = mini("results", "nope", cwd=project)
-    assert unknown.returncode == 2 and f"Known runs, newest first: {run_id}" in unknown.stderr
+    assert unknown.returncode == 7 and f"Known runs, newest first: {run_id}" in unknown.stderr
     bad_call = mini("logs", f"{run_id}/x", cwd=project)
-    assert bad_call.returncode == 2 and "use RUN/INDEX" in bad_call.stderr
-    assert "Traceback" not in nothing.stderr + unknown.stderr + bad_call.stderr
+    assert bad_call.returncode == 7 and "use RUN/INDEX" in bad_call.stderr
+    no_such_call = mini("results", run_id, "3", cwd=project)
+    assert no_such_call.returncode == 7 and "there is no call 3" in no_such_call.stderr
+    both = nothing.stderr + unknown.stderr + bad_call.stderr + no_such_call.stderr
+    assert "Traceback" not in both and len(both.strip().splitlines()) == 4, "one line each"
     mini("watch", run_id, cwd=project)
 
 
@@ -144,3 +157,47 @@ def test_read_only_verbs_load_no_backend_and_build_nothing(experiment, project):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "loaded: []"
     assert sorted(p.name for p in (project / ".mini").iterdir()) == [".gitignore", "runs"], "no image cache"
+
+
+def test_results_without_a_run_are_the_newest_runs(experiment, project):
+    first = mini("run", experiment.name, "--detach", cwd=project).stdout.strip()
+    mini("watch", first, cwd=project)
+    newest = mini("run", experiment.name, "--detach", cwd=project, FAIL="1").stdout.strip()
+    mini("watch", newest, cwd=project)
+    results = mini("results", cwd=project)
+    assert results.returncode == 1 and f"run {newest} (the newest)" in results.stderr
+    assert "RuntimeError: the experiment failed" in results.stderr
+
+
+def test_the_calls_an_experiment_makes_show_under_its_run_as_they_go(experiment, project, tmp_path):
+    release = tmp_path / "release"
+    run_id = mini("run", experiment.name, "--detach", cwd=project, HOLD_BETWEEN=str(release)).stdout.strip()
+
+    def status() -> dict:
+        return json.loads(mini("status", run_id, "--json", cwd=project).stdout)
+
+    wait_until(lambda: (status()["calls"][0]["inner_calls"] or {}).get("done") == 4, what="the first map")
+    held = status()
+    assert held["status"] == "running"
+    assert held["calls"][0]["inner_calls"] == {
+        "maps": 1,
+        "active": 0,
+        "queued": 0,
+        "running": 0,
+        "done": 4,
+        "failed": 0,
+        "cancelled": 0,
+        "made": 4,
+    }
+    text = mini("status", run_id, cwd=project).stdout
+    assert "main(app) made 4 calls (done 4 · running 0 · queued 0 · failed 0) in 1 map" in text
+
+    release.touch()
+    watched = mini("watch", run_id, cwd=project)
+    assert watched.returncode == 0
+    last = watched.stdout.strip().splitlines()[-1]
+    assert (
+        "done 1" in last
+        and "main(app) made 6 calls (done 6 · running 0 · queued 0 · failed 0) in 3 maps" in last
+    )
+    assert json.loads(mini("results", run_id, "--json", cwd=project).stdout)[1] == {"x": 1, "y": 1}

@@ -9,8 +9,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from mini.errors import MiniError
 
-class ExperimentError(Exception):
+
+class ExperimentError(MiniError):
     """The experiment could not be found or does not define main(app)."""
 
 

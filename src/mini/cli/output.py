@@ -1,44 +1,74 @@
-"""Showing an experiment's result: a table for a list of records, a pretty print otherwise."""
+"""Showing things on the terminal: an experiment's result, and tables of runs and calls (rich, no colour).
+
+print(render_result([{"lr": 0.1, "loss": 0.25}]))     # records become a table
+print(render_table(["RUN", "STATUS"], [["20261123-170102-a3f9", "done"]]))
+"""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+_PRETTY_WIDTH = 120
+_UNWRAPPED = 1000  # in a pipe a table keeps its natural width, one line per row
 
 
 def render_result(result: Any) -> str:
     """Records (a list of flat dicts) become a table; list-valued fields such as loss curves are left out."""
-    from rich.console import Console
     from rich.pretty import Pretty
 
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=120, color_system=None)
     if _is_records(result):
-        console.print(_table(result))
-    else:
-        console.print(Pretty(result))
-    return buffer.getvalue().rstrip()
+        return _render(_records_table(result), _table_width())
+    return _render(Pretty(result), _PRETTY_WIDTH)
+
+
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: int = 0) -> str:
+    """Rows of text under a header, in columns: the terminal's width, or unwrapped in a pipe."""
+    from rich.padding import Padding
+
+    table = _table(header, rows, numeric=())
+    return _render(Padding(table, (0, 0, 0, indent)) if indent else table, _table_width())
+
+
+def _render(renderable: Any, width: int) -> str:
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    Console(file=buffer, width=width, color_system=None).print(renderable)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip().splitlines())
+
+
+def _table_width() -> int:
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else _UNWRAPPED
 
 
 def _is_records(result: Any) -> bool:
     return isinstance(result, list) and bool(result) and all(isinstance(r, Mapping) for r in result)
 
 
-def _table(records: list[Mapping[str, Any]]) -> Any:
-    from rich.table import Table
-
+def _records_table(records: list[Mapping[str, Any]]) -> Any:
     columns: list[str] = []
     for record in records:
         for key, value in record.items():
             if key not in columns and not isinstance(value, (list, tuple, dict)):
                 columns.append(key)
+    numeric = {c for c in columns if all(isinstance(r.get(c), (int, float)) for r in records)}
+    rows = [[_cell(record.get(column)) for column in columns] for record in records]
+    return _table(columns, rows, numeric)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Any) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(show_edge=False)
-    for column in columns:
-        numeric = all(isinstance(r.get(column), (int, float)) for r in records)
-        table.add_column(column, justify="right" if numeric else "left")
-    for record in records:
-        table.add_row(*(_cell(record.get(column)) for column in columns))
+    for column in header:
+        table.add_column(Text(column), justify="right" if column in numeric else "left")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))  # Text: a `[` in a cell is not rich markup
     return table
 
 

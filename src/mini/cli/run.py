@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from mini import backends
-from mini.cli.experiment import ExperimentError, load_experiment, run_main
+from mini.cli.experiment import load_experiment, run_main
+from mini.cli.failures import UsageError
 from mini.cli.output import render_result
+
+_LOCAL_DEFAULTS = {"workers": 2, "mode": "thread"}
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -27,8 +32,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--name", help="apparatus name (default: the experiment's module name)")
     local = parser.add_argument_group("local backend")
-    local.add_argument("--workers", type=int, default=2, help="parallel workers (default: 2)")
-    local.add_argument("--mode", choices=("thread", "process", "isolated"), default="thread")
+    local.add_argument("--workers", type=_positive_int, help="parallel workers (default: 2)")
+    local.add_argument(
+        "--mode",
+        choices=("thread", "process", "isolated"),
+        help="thread (default): calls in this process; a call that ends the process (os._exit, a segfault) "
+        "ends the run. process: each call in a worker process. isolated: process, in the image's environment",
+    )
     options = parser.add_argument_group("options for every backend")
     options.add_argument("--timeout", type=float, help="seconds a call may run")
     options.add_argument("--retries", type=int, help="re-run a failing call up to N times")
@@ -49,21 +59,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        module = load_experiment(args.experiment)
-    except ExperimentError as error:
-        print(f"mini run: {error}", file=sys.stderr)
-        return 2
-    if args.plot and not callable(getattr(module, "plot", None)):
-        print(
-            f"mini run: {args.experiment} defines no plot(result, path), so --plot cannot be used.",
-            file=sys.stderr,
+    backend = backends.chosen(args.app, _project())
+    if backend not in backends.names():
+        raise UsageError(
+            f"unknown app {backend!r} (from MINI_APP or [tool.mini] app); choose one of: "
+            f"{', '.join(backends.names())}."
         )
-        return 2
-    backend = backends.chosen(args.app)
-    settings: dict[str, Any] = {}
-    if backend == "local":
-        settings = {"workers": args.workers, "mode": args.mode}
+    settings = _local_settings(args) if backend == "local" else _no_local_flags(args, backend)
+    if settings.get("mode") == "thread" and not args.detach:
+        from mini.cli.crash_guard import watch_for_a_crash
+
+        exit_code = watch_for_a_crash()
+        if exit_code is not None:  # the watching parent: the command ran (or died) in its child
+            return exit_code
+    module = load_experiment(args.experiment)
+    if args.plot and not callable(getattr(module, "plot", None)):
+        raise UsageError(f"{args.experiment} defines no plot(result, path), so --plot cannot be used.")
     options = {
         "timeout": args.timeout,
         "retries": args.retries,
@@ -86,3 +97,36 @@ def run(args: argparse.Namespace) -> int:
         module.plot(result, args.plot)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
+
+
+def _local_settings(args: argparse.Namespace) -> dict[str, Any]:
+    given = {"workers": args.workers, "mode": args.mode}
+    return {key: default if given[key] is None else given[key] for key, default in _LOCAL_DEFAULTS.items()}
+
+
+def _no_local_flags(args: argparse.Namespace, backend: str) -> dict[str, Any]:
+    given = [
+        flag for flag, value in (("--mode", args.mode), ("--workers", args.workers)) if value is not None
+    ]
+    if given:
+        raise UsageError(
+            f"{' and '.join(given)} {'do' if len(given) > 1 else 'does'} not apply to --app {backend}: they "
+            "choose how the local backend runs calls. For Modal use --gpu, --max-containers, --timeout "
+            "and --retries."
+        )
+    return {}
+
+
+def _project() -> Path | None:
+    named = os.environ.get("MINI_PROJECT")
+    return Path(named) if named else None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value

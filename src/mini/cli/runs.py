@@ -1,7 +1,8 @@
 """`mini ls|status|results|logs|cancel|watch`: questions about detached runs, and `mini run --detach`.
 
-Every verb here reads the run registry of the checkout it is run from. The read-only ones load no backend
-and build nothing: they read files (and, for a remote backend, ask it about the recorded call ids).
+Every verb here reads the run registry of the project (`bin/mini`'s, `--project DIR`, or the working
+directory's). The read-only ones load no backend and build nothing: they read files (and, for a remote
+backend, ask it about the recorded call ids).
 """
 
 from __future__ import annotations
@@ -10,17 +11,20 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from mini.cli.output import render_table
 from mini.runs import Job, Run, RunError
+from mini.runs.inner_calls import read_inner_calls
 from mini.runs.state import CallState, count_statuses, run_status
 
 _WATCH_INTERVAL = 0.5  # seconds between looks while watching a run
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    ls = subparsers.add_parser("ls", help="list this checkout's detached runs, newest first")
+    ls = subparsers.add_parser("ls", help="list this project's detached runs, newest first")
     ls.add_argument("--app", help="only runs launched on this backend (local, modal)")
     ls.add_argument("--limit", type=int, default=20, help="show at most N runs (default: 20)")
 
@@ -29,7 +33,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the record and states as JSON")
 
     results = subparsers.add_parser("results", help="the results of a settled run (or of one call)")
-    results.add_argument("run", metavar="RUN", help="a run id, or RUN/INDEX for one call")
+    results.add_argument(
+        "run", metavar="RUN", nargs="?", help="a run id, or RUN/INDEX for one call (default: newest)"
+    )
     results.add_argument("call", metavar="CALL", nargs="?", type=int, help="only this call's result")
     results.add_argument("--json", action="store_true", help="print the results as JSON")
 
@@ -51,14 +57,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mini.image.errors import ProjectNotFoundError
-
-    handler = _HANDLERS[args.verb]
-    try:
-        return handler(args)
-    except (RunError, ProjectNotFoundError) as error:
-        print(f"mini {args.verb}: {error}", file=sys.stderr)
-        return 2
+    return _HANDLERS[args.verb](args)
 
 
 # ----- the verbs -------------------------------------------------------------------------------------
@@ -80,13 +79,11 @@ def _ls(args: argparse.Namespace) -> int:
         if args.app and record.backend != args.app:
             continue
         states = the_run.states()
-        counts = count_statuses(states)
-        settled = counts["done"] + counts["failed"] + counts["cancelled"]
         rows.append(
             [
                 folder.id,
                 run_status(states),
-                f"{settled}/{len(states)}",
+                _settled(states),
                 record.backend,
                 record.function,
                 _ago(record.created),
@@ -101,7 +98,7 @@ def _ls(args: argparse.Namespace) -> int:
         else:
             print(f"no runs recorded in {where} yet; start one with app.spawn_map or `mini run --detach`.")
         return 0
-    print(_table(["RUN", "STATUS", "SETTLED", "APP", "FUNCTION", "LAUNCHED"], rows))
+    print(render_table(["RUN", "STATUS", "SETTLED", "APP", "FUNCTION", "LAUNCHED"], rows))
     return 0
 
 
@@ -134,12 +131,19 @@ def _status(args: argparse.Namespace) -> int:
         for call, state in zip(record.calls, states, strict=True)
     ]
     if rows:
-        print(_table(["#", "STATUS", "TIME", "ARGS", "ID", "DETAIL"], rows, indent="  "))
+        print(render_table(["#", "STATUS", "TIME", "ARGS", "ID", "DETAIL"], rows, indent=2))
+    for call in record.calls:
+        inner = read_inner_calls(the_run.folder, call.index)
+        if inner is not None:
+            who = "main(app)" if record.kind == "experiment" else f"call #{call.index}"
+            print(f"  {who} made {inner}")
     return 0
 
 
 def _results(args: argparse.Namespace) -> int:
     the_run, jobs, single = _select(args.run, args.call)
+    if args.run is None:
+        print(f"run {the_run.id} (the newest):", file=sys.stderr)
     states = [job.state() for job in jobs]
     waiting = [(job, state) for job, state in zip(jobs, states, strict=True) if not state.settled]
     if waiting:
@@ -181,42 +185,73 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    _, jobs, single = _select(args.run, args.call)
+    the_run, jobs, single = _select(args.run, args.call)
     for job in jobs:
         text = job.logs()
         if not single:
             print(f"── {job.id} ({job.record.args}) ──")
         print(text, end="" if text.endswith("\n") or not text else "\n")
+    record = the_run.record
+    if record.kind == "experiment" and record.backend == "modal":
+        print(
+            "(what main(app) printed here; its calls ran on Modal, in the app "
+            f"mini-{record.apparatus}, whose output Modal keeps: `bin/modal app list` shows the app's id, "
+            "`bin/modal app logs APP_ID` its output)"
+        )
     return 0
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    the_run, jobs, _ = _select(args.run, None)
+    the_run, jobs, single = _select(args.run, None)
     cancelled = sum(job.cancel() for job in jobs)
-    print(f"cancelled {cancelled} of {len(jobs)} calls of run {the_run.id}; the others had already finished.")
+    if single:
+        done = "cancelled the call" if cancelled else "the call had already finished; nothing to cancel"
+        print(f"run {the_run.id}: {done}.")
+    else:
+        others = "the others had already finished"
+        print(f"cancelled {cancelled} of {len(jobs)} calls of run {the_run.id}; {others}.")
     return 0
 
 
 def _watch(args: argparse.Namespace) -> int:
     the_run = _open_run(args.run)
-    interactive = sys.stdout.isatty()
-    last = ""
     try:
-        while True:
-            states = the_run.states()
-            line = _progress_line(the_run.id, states)
-            if line != last:
-                print(f"\r{line}\x1b[K" if interactive else line, end="" if interactive else "\n", flush=True)
-                last = line
-            if all(state.settled for state in states):
-                break
-            time.sleep(_WATCH_INTERVAL)
+        states = _watch_live(the_run) if sys.stdout.isatty() else _watch_lines(the_run)
     except KeyboardInterrupt:
         print(f"\nstopped watching; run {the_run.id} goes on (`mini cancel {the_run.id}` stops it).")
         return 130
-    if interactive:
-        print()
     return 0 if all(state.status == "done" for state in states) else 1
+
+
+def _watch_live(the_run: Run[Any]) -> list[CallState]:
+    """A rich progress bar of the run's calls, with their counts (and an experiment's own calls)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TextColumn("{task.fields[counts]}"), TimeElapsedColumn()) as bar:
+        task = bar.add_task(the_run.id, total=len(the_run), counts="")
+        while True:
+            states = the_run.states()
+            settled = sum(state.settled for state in states)
+            bar.update(task, completed=settled, counts=_counts_text(the_run, states))
+            if settled == len(states):
+                return states
+            time.sleep(_WATCH_INTERVAL)
+
+
+def _watch_lines(the_run: Run[Any]) -> list[CallState]:
+    """One line each time the run's counts change: for a log file or a pipe."""
+    last = ""
+    while True:
+        states = the_run.states()
+        counts = _counts_text(the_run, states)
+        line = f"{the_run.id}: {run_status(states)}, {_settled(states)} settled · {counts}"
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if all(state.settled for state in states):
+            return states
+        time.sleep(_WATCH_INTERVAL)
 
 
 _HANDLERS = {
@@ -258,10 +293,11 @@ def detach_experiment(
     options: dict[str, Any],
     plot: str | None,
 ) -> int:
-    """Start `main(app)` in its own process and session, recorded as a run; print the run id at once.
+    """Start `main(app)` in its own process and session, recorded as a run on `backend`; print its id at once.
 
     The experiment's calls then run on `backend` as usual, driven by that process: on the local backend the
-    whole run survives this shell; on Modal the driving process runs on this machine and must stay up.
+    whole run survives this shell; on Modal the driving process runs on this machine and must stay up. The
+    calls main(app) makes are counted in the run's folder as they go (`mini.runs.inner_calls`).
     """
     from mini.local.apparatus import LocalApparatus
     from mini.runs.launch import launch
@@ -273,7 +309,16 @@ def detach_experiment(
         plot = str(Path(plot).resolve())
     driver = LocalApparatus(name, workers=1, mode="process")
     arguments = (target, backend, name, settings, options, plot)
-    the_run = launch(driver, run_experiment, [arguments], None, kind="experiment", label=label)
+    the_run = launch(
+        driver,
+        run_experiment,
+        [arguments],
+        None,
+        kind="experiment",
+        label=label,
+        backend=backend,
+        settings={**settings, **options},
+    )
     print(the_run.id)
     print(
         f"started {label} on {backend} in the background. "
@@ -300,15 +345,20 @@ def _open_run(run_id: str | None) -> Run[Any]:
     return Run.open(run_id.partition("/")[0], root)
 
 
-def _select(run_id: str, call: int | None) -> tuple[Run[Any], list[Job[Any]], bool]:
-    """The run, the calls named (RUN/INDEX, or RUN and CALL, or every call), and whether one was named."""
+def _select(run_id: str | None, call: int | None) -> tuple[Run[Any], list[Job[Any]], bool]:
+    """The run (default: the newest), the calls named (RUN/INDEX, or RUN and CALL, or every call), and
+    whether one was named."""
     the_run = _open_run(run_id)
-    _, _, index = run_id.partition("/")
+    _, _, index = (run_id or "").partition("/")
     if index:
         if not index.isdigit():
             raise RunError(f"{run_id!r} is not a call id: use RUN/INDEX, e.g. {the_run.id}/0")
         call = int(index)
     if call is not None:
+        if not 0 <= call < len(the_run):
+            raise RunError(
+                f"run {the_run.id} has {len(the_run)} calls, numbered from 0: there is no call {call}."
+            )
         return the_run, [the_run[call]], True
     return the_run, list(the_run), len(the_run) == 1
 
@@ -318,23 +368,22 @@ def _status_json(the_run: Run[Any], states: list[CallState]) -> dict[str, Any]:
     for call, job, state in zip(record["calls"], the_run, states, strict=True):
         call.update(status=state.status, detail=state.detail, started=state.started, finished=state.finished)
         call["backend_id"] = job.backend_id
+        inner = read_inner_calls(the_run.folder, job.index)
+        call["inner_calls"] = None if inner is None else {**asdict(inner), "made": inner.made}
     return {"id": the_run.id, "status": run_status(states), "counts": count_statuses(states), **record}
 
 
-def _progress_line(run_id: str, states: list[CallState]) -> str:
-    counts = count_statuses(states)
-    settled = counts["done"] + counts["failed"] + counts["cancelled"]
-    parts = " · ".join(f"{status} {n}" for status, n in counts.items())
-    return f"{run_id}: {run_status(states)}, {settled}/{len(states)} settled · {parts}"
+def _settled(states: list[CallState]) -> str:
+    return f"{sum(state.settled for state in states)}/{len(states)}"
 
 
-def _table(header: list[str], rows: list[list[str]], indent: str = "") -> str:
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in [header, *rows]
-    ]
-    return "\n".join(indent + line.rstrip() for line in lines)
+def _counts_text(the_run: Run[Any], states: list[CallState]) -> str:
+    """`running 1 · done 0 · ...`, and for an experiment the calls its main(app) has made."""
+    text = " · ".join(f"{status} {n}" for status, n in count_statuses(states).items())
+    if the_run.record.kind == "experiment":
+        inner = read_inner_calls(the_run.folder, 0)
+        text += f" · main(app) made {inner}" if inner is not None else " · main(app) has made no call yet"
+    return text
 
 
 def _cut(text: str, width: int = 48) -> str:

@@ -6,6 +6,7 @@ pyproject = read_pyproject(root)
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,20 @@ else:
 
 
 def find_project_root(start: Path | None = None) -> Path:
-    """The nearest folder at or above `start` (default: the working directory) holding a `pyproject.toml`.
+    """The nearest folder at or above `start` holding a `pyproject.toml`. Without `start`: the folder
+    `MINI_PROJECT` names (`bin/mini` sets it to its own project), else the working directory's project.
 
     find_project_root(Path("src/mini"))  # Path("/home/me/mini")
     """
+    named = os.environ.get("MINI_PROJECT") if start is None else None
+    if named:
+        root = Path(named).expanduser().resolve()
+        if not (root / "pyproject.toml").is_file():
+            raise ProjectNotFoundError(
+                f"MINI_PROJECT names {root}, which holds no pyproject.toml. Point it (or --project) at "
+                "your project's folder."
+            )
+        return root
     here = (start if start is not None else Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "pyproject.toml").is_file():

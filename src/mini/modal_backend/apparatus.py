@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import hashlib
 import math
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -183,11 +184,26 @@ async def run_app(app: Any, options: Options, stack: contextlib.AsyncExitStack, 
         if options.progress:
             await stack.enter_async_context(_output())
         await stack.enter_async_context(app.run.aio(detach=detach))
-    except modal.exception.AuthError as error:
-        raise ModalAuthError(
-            f"Modal authentication failed ({error}). Run `./go auth` to store a token, "
-            "or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET."
-        ) from None
+    except modal.exception.AuthError:
+        raise token_error() from None
+
+
+def token_error() -> ModalAuthError:
+    """Modal refused the token: the one fix that applies where Modal found it (Modal's own text suggests
+    `modal token new`, which stores a token that MODAL_TOKEN_ID would still override)."""
+    from mini.auth import config_path, configured_token
+
+    token = configured_token()
+    if token is None:
+        return ModalAuthError("no Modal token is set up. Run `./go auth` to store one.")
+    if os.environ.get("MODAL_TOKEN_ID"):
+        return ModalAuthError(
+            f"Modal rejected the token in MODAL_TOKEN_ID ({token[0]}). Set MODAL_TOKEN_ID and "
+            "MODAL_TOKEN_SECRET to a token from https://modal.com/settings/tokens."
+        )
+    return ModalAuthError(
+        f"Modal rejected the token {token[0]} stored in {config_path()}. Run `./go auth` to store a new one."
+    )
 
 
 @contextlib.asynccontextmanager

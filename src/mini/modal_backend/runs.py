@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mini import _loop
-from mini.modal_backend.apparatus import readable_name, run_app
+from mini.modal_backend.apparatus import readable_name, run_app, token_error
 from mini.modal_backend.options import DEFAULT_MAX_CONTAINERS, DEFAULT_TIMEOUT
 from mini.runs.errors import RunError
 from mini.runs.launcher import Launcher, Monitor
@@ -201,7 +201,7 @@ class ModalMonitor(Monitor):
         text = (
             f"logs: see the Modal dashboard. mini keeps no copy of what Modal calls print; this is call "
             f"{call_id} of function {where.get('function', '?')} in app {app_id}. "
-            f"From a shell: `modal app logs {app_id}`.\n"
+            f"From a shell in this project: `bin/modal app logs {app_id}`.\n"
         )
         summary = run.outcome_summary(call.index)
         if summary is not None and not summary["ok"]:
@@ -228,11 +228,8 @@ async def _asking_modal(call_id: str) -> AsyncIterator[None]:
 
     try:
         yield
-    except modal.exception.AuthError as error:
-        raise RunError(
-            f"Modal authentication failed ({error}). Run `./go auth` to store a token, "
-            "or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET."
-        ) from None
+    except modal.exception.AuthError:
+        raise token_error() from None
     except modal.exception.NotFoundError as error:
         raise RunError(
             f"Modal does not know function call {call_id} ({error}): the run was launched with another "

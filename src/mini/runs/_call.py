@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from mini.runs.inner_calls import recording
 from mini.runs.registry import RunFolder
 
 
@@ -51,14 +52,15 @@ def _run(folder: RunFolder, index: int, timeout: float | None, retries: int) -> 
         timer.daemon = True
         timer.start()
     attempts = 0
-    while True:
-        attempts += 1
-        outcome = run_call(fn, call)
-        if outcome.ok:
-            break
-        _report(decode_error(outcome.data))
-        if attempts > retries:
-            break
+    with recording(folder, index):  # the calls this one makes, for `mini status` (an experiment's maps)
+        while True:
+            attempts += 1
+            outcome = run_call(fn, call)
+            if outcome.ok:
+                break
+            _report(decode_error(outcome.data))
+            if attempts > retries:
+                break
     with settle:
         if settled:
             return 1

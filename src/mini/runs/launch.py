@@ -32,6 +32,8 @@ def launch(
     *,
     kind: str,
     label: str | None = None,
+    backend: str | None = None,
+    settings: Mapping[str, Any] | None = None,
     project_root: Path | None = None,
 ) -> Run[R]:
     """Record a run of `fn` over `arg_tuples` and start its calls detached on `apparatus`'s backend.
@@ -39,7 +41,8 @@ def launch(
     >>> run = launch(app, train, [(1e-3,), (1e-4,)], {"steps": 100}, kind="spawn_map")
 
     `label` replaces the function's name in the record (the CLI records `experiment.sweep:main`, not the
-    wrapper that runs it).
+    wrapper that runs it); `backend` and `settings` replace the launcher's, for a run whose calls only drive
+    work elsewhere (a detached experiment on Modal is driven from a local process: a Modal run).
     """
     from mini.image.project import find_project_root
     from mini.serialization import ArgumentEncoder, dump_function
@@ -64,7 +67,7 @@ def launch(
     record = RunRecord(
         id=folder.id,
         kind=kind,
-        backend=launcher.backend,
+        backend=backend or launcher.backend,
         apparatus=apparatus.name,
         function=label or function_name(fn),
         monitor=launcher.monitor,
@@ -74,7 +77,7 @@ def launch(
         git_commit=commit,
         git_dirty=dirty,
         calls=tuple(CallRecord(i, summarise_arguments(fn, args, shared)) for i, args in enumerate(inputs)),
-        settings=launcher.settings(),
+        settings=dict(settings) if settings is not None else launcher.settings(),
         launcher=identify(os.getpid()),
     )
     folder.write_record(record)
