@@ -2,8 +2,8 @@
 
 A detached experiment (`mini run EXP --detach`) is one call whose `main(app)` makes many: maps and single
 calls, here or on Modal. The process running it listens to `mini.progress` and keeps their counts in the
-call's folder (`calls/<index>/inner.json`), rewritten a few times a second at most, never more than `_INTERVAL` behind,
-and once at the end.
+call's folder (`calls/<index>/inner.json`): rewritten at most every `_INTERVAL`, never further behind
+than that, and once at the end.
 
 >>> with recording(folder, 0):        # in the detached call's process (mini.runs._call does this)
 ...     main(app)
