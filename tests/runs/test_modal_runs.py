@@ -141,7 +141,7 @@ def test_a_failed_call_reports_its_traceback_and_where_its_logs_are(modal_projec
     env = client_env(modal_emulator)
     logs = mini("logs", job.id, cwd=modal_project, env=env).stdout
     app_id = json.loads((job.run.folder.path / "modal.json").read_text())["app_id"]
-    assert "logs: see the Modal dashboard" in logs and f"modal app logs {app_id}" in logs
+    assert "logs: see the Modal dashboard" in logs and f"`bin/modal app logs {app_id}`" in logs
     assert job.backend_id in logs and "fail-" in logs, "names the call and the dashboard's function name"
     assert "raise ValueError(message)" in logs and "ValueError: boom" in logs
 
@@ -149,8 +149,8 @@ def test_a_failed_call_reports_its_traceback_and_where_its_logs_are(modal_projec
 def test_a_rejected_token_when_asking_gets_one_clear_line(modal_project, modal_emulator, tmp_path):
     run_id = launch_and_exit(modal_project, client_env(modal_emulator), tmp_path / "release")
     asked = mini("status", run_id, cwd=modal_project, env=client_env(modal_emulator, MODAL_TOKEN_SECRET="x"))
-    assert asked.returncode == 2 and "Modal authentication failed" in asked.stderr
-    assert "./go auth" in asked.stderr and "Traceback" not in asked.stderr
+    assert asked.returncode == 5 and "Modal rejected the token in MODAL_TOKEN_ID" in asked.stderr
+    assert "Traceback" not in asked.stderr and len(asked.stderr.strip().splitlines()) == 1
 
 
 def test_a_call_id_modal_does_not_know_is_reported_clearly(modal_project):
@@ -239,3 +239,54 @@ def test_calls_spawned_before_the_launcher_was_killed_can_be_found_and_cancelled
     with modal_emulator.recorder.counting() as rpcs:
         assert run.cancel() == noted
     assert rpcs["FunctionCallCancel"] == noted, "each call spawned before the kill is stopped on Modal"
+
+
+EXPERIMENT = textwrap.dedent(
+    """
+    import os
+    import time
+    from pathlib import Path
+
+    def square(x):
+        return x * x
+
+    def main(app):
+        first = list(app.map(square, range(3)))
+        while not Path(os.environ["RELEASE"]).exists():  # lets the test look at the run in between
+            time.sleep(0.02)
+        return first + [app.run(square, 10)]
+    """
+)
+
+
+def test_a_detached_experiment_on_modal_is_a_modal_run_showing_the_calls_it_makes(
+    modal_project, modal_emulator, tmp_path
+):
+    (modal_project / "exp.py").write_text(EXPERIMENT)
+    release = tmp_path / "release"
+    env = client_env(modal_emulator, RELEASE=str(release))
+    launched = mini("run", "exp.py", "--app", "modal", "--detach", cwd=modal_project, env=env)
+    assert launched.returncode == 0, launched.stderr
+    run_id = launched.stdout.strip()
+    assert "on modal in the background" in launched.stderr
+
+    def inner() -> dict:
+        status = json.loads(mini("status", run_id, "--json", cwd=modal_project, env=env).stdout)
+        assert status["backend"] == "modal" and status["kind"] == "experiment"
+        return status["calls"][0]["inner_calls"] or {}
+
+    wait_until(lambda: inner().get("done") == 3, timeout=120, what="the experiment's first map on Modal")
+    listed = mini("ls", "--app", "modal", cwd=modal_project, env=env).stdout
+    assert run_id in listed and "exp.py:main" in listed
+    assert run_id not in mini("ls", "--app", "local", cwd=modal_project, env=env).stdout
+    text = mini("status", run_id, cwd=modal_project, env=env).stdout
+    assert "experiment of exp.py:main on modal" in text
+    assert "main(app) made 3 calls (done 3 · running 0 · queued 0 · failed 0) in 1 map" in text
+
+    release.touch()
+    watched = mini("watch", run_id, cwd=modal_project, env=env)
+    assert watched.returncode == 0, watched.stdout
+    assert "main(app) made 4 calls (done 4 · running 0 · queued 0 · failed 0) in 2 maps" in watched.stdout
+    assert json.loads(mini("results", run_id, "--json", cwd=modal_project, env=env).stdout) == [0, 1, 4, 100]
+    logs = mini("logs", run_id, cwd=modal_project, env=env).stdout
+    assert "its calls ran on Modal, in the app mini-exp" in logs and "bin/modal app logs APP_ID" in logs

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         "gpu": args.gpu,
         "max_containers": args.max_containers,
     }
-    name = args.name or module.__name__.rsplit(".", 1)[-1].replace("_", "-")
+    name = args.name or _default_name(args.experiment)
     chosen = {k: v for k, v in options.items() if v is not None}
     if args.detach:
         from mini.cli.runs import detach_experiment
@@ -115,6 +115,12 @@ def _no_local_flags(args: argparse.Namespace, backend: str) -> dict[str, Any]:
             "and --retries."
         )
     return {}
+
+
+def _default_name(target: str) -> str:
+    """`sweep` for experiment.sweep, `my-exp` for path/to/my_exp.py."""
+    is_file = target.endswith(".py") or Path(target).is_file()
+    return (Path(target).stem if is_file else target.rsplit(".", 1)[-1]).replace("_", "-")
 
 
 def _project() -> Path | None:
