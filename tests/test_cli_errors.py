@@ -107,6 +107,20 @@ def test_a_rejected_token_is_one_line_with_one_fix(experiment, tmp_path, modal_e
     assert "modal token new" not in out.stderr and "./go auth" not in out.stderr, "one fix, not two"
 
 
+def test_a_rejected_token_from_the_config_file_is_fixed_by_storing_a_new_one(monkeypatch):
+    import mini.auth
+    from mini.modal_backend.apparatus import token_error
+
+    monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
+    monkeypatch.setattr(mini.auth, "configured_token", lambda: ("ak-stored", "as-stored"))
+    monkeypatch.setattr(mini.auth, "config_path", lambda: Path("/home/me/.modal.toml"))
+    assert str(token_error()) == (
+        "Modal rejected the token ak-stored stored in /home/me/.modal.toml. Run `./go auth` to store a new one."
+    )
+    monkeypatch.setattr(mini.auth, "configured_token", lambda: None)
+    assert str(token_error()) == "no Modal token is set up. Run `./go auth` to store one."
+
+
 def test_no_project_is_one_line_with_exit_code_3(tmp_path):
     venv_mini = ROOT / ".venv" / "bin" / "mini"  # the environment's own command: no project of its own
     env = {key: value for key, value in os.environ.items() if key != "MINI_PROJECT"}

@@ -79,6 +79,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     for name in ("src", "bin"):
         (root / name).symlink_to(ROOT / name, target_is_directory=True)
     monkeypatch.chdir(root)
+    monkeypatch.setenv("MINI_PROJECT", str(root))  # bin/mini's own project would be the repository
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.setattr(sys, "path", list(sys.path))  # a block may add a folder of its own
     yield root
