@@ -65,11 +65,14 @@ def test_diff_reports_changes_since_the_recorded_dispatch(
     assert "    ~ tool.py" in out
 
 
-def test_bad_input_is_one_message_and_status_1(
+def test_bad_input_is_one_message_and_the_exit_code_of_a_project_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from mini.cli import main
+
     monkeypatch.chdir(tmp_path)
-    assert mini_image() == 1
+    monkeypatch.delenv("MINI_PROJECT", raising=False)
+    assert main(["image"]) == 3
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("mini image: no pyproject.toml in ")

@@ -275,7 +275,7 @@ def test_a_detached_experiment_on_modal_is_a_modal_run_showing_the_calls_it_make
         assert status["backend"] == "modal" and status["kind"] == "experiment"
         return status["calls"][0]["inner_calls"] or {}
 
-    wait_until(lambda: inner().get("done") == 3, timeout=120, what="the experiment's first map on Modal")
+    wait_until(lambda: inner().get("active") == 0 and inner().get("done") == 3, timeout=120, what="map 1")
     listed = mini("ls", "--app", "modal", cwd=modal_project, env=env).stdout
     assert run_id in listed and "exp.py:main" in listed
     assert run_id not in mini("ls", "--app", "local", cwd=modal_project, env=env).stdout

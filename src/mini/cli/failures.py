@@ -39,7 +39,7 @@ def _kinds() -> list[tuple[int, tuple[type[BaseException], ...], str]]:
         (3, (ImageSpecError,), "the project: no pyproject.toml, a stale or missing uv.lock, src/"),
         (5, (ModalAuthError,), "Modal's token: missing or rejected"),
         (6, (TrustStoreError,), "the trust store mini builds for Modal's client"),
-        (7, (RunError,), "a detached run: unknown id, damaged record, not finished"),
+        (7, (RunError,), "a detached run: an unknown run or call, a damaged record"),
         (8, (WorkerCrashed, CallTimeoutError, SerializationError), "a call mini could not run or finish"),
         (9, (MiniError,), "any other error of mini's own"),
     ]

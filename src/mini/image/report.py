@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from mini.image.diff import SpecDiff, diff_specs, load_dispatched_spec
-from mini.image.errors import ImageSpecError
 from mini.image.spec import ImageSpec, derive_image_spec
 
 
@@ -44,15 +42,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the spec as `args` ask; return the exit status (1 with a message on bad input).
+    """Print the spec as `args` ask; return the exit status. An `ImageSpecError` propagates: `mini` prints
+    it as one message with the exit code of its kind (`mini.cli.failures`).
 
     sys.exit(run(parser.parse_args(["image", "--json"])))
     """
-    try:
-        spec = derive_image_spec(groups=getattr(args, "groups", None))
-    except ImageSpecError as error:
-        print(f"mini image: {error}", file=sys.stderr)
-        return 1
+    spec = derive_image_spec(groups=getattr(args, "groups", None))
     if args.json:
         print(json.dumps(spec_summary(spec), indent=2))
         return 0
