@@ -65,7 +65,7 @@ def test_detach_then_watch_status_results_logs_and_ls(experiment, project):
     assert "mini watch" in launched.stderr
 
     watched = mini("watch", run_id, cwd=project)
-    assert watched.returncode == 0 and "done 1" in watched.stdout
+    assert watched.returncode == 0 and f"{run_id}: done, 1/1 settled" in watched.stdout
 
     results = mini("results", run_id, "--json", cwd=project)
     assert results.returncode == 0, results.stderr
@@ -113,7 +113,7 @@ def test_results_of_a_running_run_say_so_and_cancel_stops_it(experiment, project
 def test_a_failed_run_exits_non_zero_with_its_traceback(experiment, project):
     run_id = mini("run", experiment.name, "--detach", cwd=project, FAIL="1").stdout.strip()
     watched = mini("watch", run_id, cwd=project)
-    assert watched.returncode == 1 and "failed 1" in watched.stdout
+    assert watched.returncode == 1 and f"{run_id}: failed, 1/1 settled" in watched.stdout
     results = mini("results", run_id, cwd=project)
     assert results.returncode == 1
     assert "RuntimeError: the experiment failed" in results.stderr and "Traceback" in results.stderr
@@ -186,8 +186,7 @@ def test_the_calls_an_experiment_makes_show_under_its_run_as_they_go(experiment,
     watched = mini("watch", run_id, cwd=project)
     assert watched.returncode == 0
     last = watched.stdout.strip().splitlines()[-1]
-    assert (
-        "done 1" in last
-        and "main(app) made 6 calls (done 6 · running 0 · queued 0 · failed 0) in 3 maps" in last
+    assert last.startswith(f"{run_id}: done, 1/1 settled · ") and last.endswith(
+        "main(app) made 6 calls (done 6 · running 0 · queued 0 · failed 0) in 3 maps"
     )
     assert json.loads(mini("results", run_id, "--json", cwd=project).stdout)[1] == {"x": 1, "y": 1}

@@ -63,12 +63,16 @@ def _verb(argv: list[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `mini` command and return its exit code. Without `argv` it is this process's command (the
+    `mini` console script), which `mini run` may then watch from a parent process (`crash_guard`)."""
+    owns_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = _verb(argv)
     try:
         args = parser(verb).parse_args(argv)
     except BrokenPipeError:  # `mini --help | head`
         return _quiet_after_broken_pipe()
+    args.owns_process = owns_process
     from mini.cli import failures
 
     try:

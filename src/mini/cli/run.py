@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             f"{', '.join(backends.names())}."
         )
     settings = _local_settings(args) if backend == "local" else _no_local_flags(args, backend)
-    if settings.get("mode") == "thread" and not args.detach:
+    if settings.get("mode") == "thread" and not args.detach and args.owns_process:
         from mini.cli.crash_guard import watch_for_a_crash
 
         exit_code = watch_for_a_crash()

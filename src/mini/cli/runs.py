@@ -224,16 +224,22 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _watch_live(the_run: Run[Any]) -> list[CallState]:
-    """A rich progress bar of the run's calls, with their counts (and an experiment's own calls)."""
+    """A rich progress bar of the run's calls (for an experiment, of the calls its main(app) makes)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TextColumn("{task.fields[counts]}"), TimeElapsedColumn()) as bar:
-        task = bar.add_task(the_run.id, total=len(the_run), counts="")
+        task = bar.add_task(the_run.id, total=None, counts="")
         while True:
             states = the_run.states()
             settled = sum(state.settled for state in states)
-            bar.update(task, completed=settled, counts=_counts_text(the_run, states))
+            total, completed = len(states), settled
+            if the_run.record.kind == "experiment":
+                inner = read_inner_calls(the_run.folder, 0)
+                total = inner.made if inner is not None else None
+                completed = inner.done + inner.failed + inner.cancelled if inner is not None else 0
+            text = f"{run_status(states)} · {_counts_text(the_run, states)}"
+            bar.update(task, completed=completed, total=total, counts=text)
             if settled == len(states):
                 return states
             time.sleep(_WATCH_INTERVAL)
@@ -378,12 +384,11 @@ def _settled(states: list[CallState]) -> str:
 
 
 def _counts_text(the_run: Run[Any], states: list[CallState]) -> str:
-    """`running 1 · done 0 · ...`, and for an experiment the calls its main(app) has made."""
-    text = " · ".join(f"{status} {n}" for status, n in count_statuses(states).items())
-    if the_run.record.kind == "experiment":
-        inner = read_inner_calls(the_run.folder, 0)
-        text += f" · main(app) made {inner}" if inner is not None else " · main(app) has made no call yet"
-    return text
+    """`running 1 · done 0 · ...`; for an experiment (one call), the calls its main(app) has made."""
+    if the_run.record.kind != "experiment":
+        return " · ".join(f"{status} {n}" for status, n in count_statuses(states).items())
+    inner = read_inner_calls(the_run.folder, 0)
+    return f"main(app) made {inner}" if inner is not None else "main(app) has made no call yet"
 
 
 def _cut(text: str, width: int = 48) -> str:
