@@ -30,6 +30,10 @@ EXPERIMENT = textwrap.dedent(
                 import time; time.sleep(0.02)
         if os.environ.get("FAIL"):
             raise RuntimeError("the experiment failed")
+        if os.environ.get("DIE"):
+            app.run(os._exit, 3)
+        if os.environ.get("BIG"):
+            return list(range(200_000))
         squares = list(app.map(square, range(4)))
         if os.environ.get("HOLD_BETWEEN"):  # lets a test see the calls of a first map while a second waits
             while not Path(os.environ["HOLD_BETWEEN"]).exists():
@@ -190,3 +194,33 @@ def test_the_calls_an_experiment_makes_show_under_its_run_as_they_go(experiment,
         "main(app) made 6 calls (done 6 · running 0 · queued 0 · failed 0) in 3 maps"
     )
     assert json.loads(mini("results", run_id, "--json", cwd=project).stdout)[1] == {"x": 1, "y": 1}
+
+
+def test_a_detached_experiment_ended_by_a_thread_mode_call_says_which_mode_to_use(experiment, project):
+    run_id = mini("run", experiment.name, "--detach", cwd=project, DIE="1").stdout.strip()
+    assert mini("watch", run_id, cwd=project).returncode == 1
+    detail = json.loads(mini("status", run_id, "--json", cwd=project).stdout)["calls"][0]["detail"]
+    assert "ended without storing a result" in detail and "run it with --mode process" in detail
+    run_id = mini(
+        "run", experiment.name, "--detach", "--mode", "process", cwd=project, DIE="1"
+    ).stdout.strip()
+    mini("watch", run_id, cwd=project)
+    results = mini("results", run_id, cwd=project)
+    assert "WorkerCrashed" in results.stderr, "in process mode the call fails alone, and main(app) reports it"
+
+
+def test_results_read_by_a_reader_that_stops_early_end_quietly(experiment, project):
+    run_id = mini("run", experiment.name, "--detach", cwd=project, BIG="1").stdout.strip()
+    mini("watch", run_id, cwd=project)
+    mini_command = Path(sys.executable).parent / "mini"
+    for flags in ("--json", ""):
+        piped = subprocess.run(
+            f"{mini_command} results {run_id} {flags} | head -2",
+            shell=True,
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert len(piped.stdout.splitlines()) == 2 and piped.stderr == "", piped.stderr

@@ -94,12 +94,17 @@ class LocalMonitor(Monitor):
         started_at = started["started"] if started else None
         if is_alive(process):
             return CallState("running", started=started_at)
-        return CallState(
-            "failed",
+        detail = (
             f"its process (pid {pid}) ended without storing a result: it was killed (by a signal, the "
-            "OOM killer or a reboot) or exited abruptly. `mini logs` shows its output.",
-            started=started_at,
+            "OOM killer or a reboot) or exited abruptly. `mini logs` shows its output."
         )
+        record = run.record()
+        if record.kind == "experiment" and record.settings.get("mode") == "thread":
+            detail += (
+                " In thread mode a call that ends its process (os._exit, a segfault) ends main(app) with "
+                "it: run it with --mode process, where such a call fails alone with WorkerCrashed."
+            )
+        return CallState("failed", detail, started=started_at)
 
     def backend_id(self, run: RunFolder, call: CallRecord) -> str | None:
         process = run.read_call_json(call.index, "process.json")
