@@ -3,13 +3,23 @@ detached experiment records of the calls it makes), on every backend the `app` f
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
+import re
+import struct
+import subprocess
+import termios
 import threading
+from pathlib import Path
 
 import pytest
 
 from mini import LocalApparatus
 from mini.progress import Counts, Progress, listening
 from tests.behaviour import calls
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Seen:
@@ -74,3 +84,64 @@ def test_listeners_are_removed_when_the_block_ends():
         pass
     Progress("after", enabled=False, total=1).update(submitted=1, running=1, done=0, failed=0)
     assert seen.maps == {}
+
+
+def shout(x: int) -> int:
+    print(f"line from call {x}", flush=True)
+    return x
+
+
+def test_what_worker_processes_print_goes_through_this_processs_own_streams(capsys):
+    # Where a progress bar (or a notebook) has taken sys.stdout over, the calls' lines must go there too.
+    with LocalApparatus("echo", workers=2, mode="process") as app:
+        assert list(app.map(shout, range(3))) == [0, 1, 2]
+    printed = capsys.readouterr().out
+    assert sorted(printed.splitlines()) == [f"line from call {x}" for x in range(3)]
+
+
+EXPERIMENT = """
+import time
+
+
+def shout(x):
+    print(f"line from call {x}", flush=True)
+    time.sleep(0.05)
+    return x
+
+
+def main(app):
+    return sum(app.map(shout, range(12)))
+"""
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_the_lines_calls_print_appear_above_the_bar_on_a_terminal(tmp_path, mode):
+    (tmp_path / "exp.py").write_text(EXPERIMENT)
+    screen = run_on_a_terminal([str(ROOT / "bin" / "mini"), "run", "exp.py", "--mode", mode], tmp_path)
+    assert "66" in screen, screen
+    colourless = re.sub(r"\x1b\[[0-9;]*m", "", screen)
+    lines = [line for line in re.split(r"[\r\n]", colourless) if "line from call" in line]
+    assert len(lines) >= 12
+    for line in lines:
+        # Each starts a line of its own (rich erases the bar's line first); none follows the bar's text.
+        assert re.fullmatch(r"(\x1b\[2K)?line from call \d+", line), repr(line)
+
+
+def run_on_a_terminal(command: list[str], cwd: Path) -> str:
+    """What `command` writes to a pseudo-terminal (stdout and stderr), 80 columns wide."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 80, 0, 0))
+    process = subprocess.Popen(command, cwd=cwd, stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 1 << 16)
+        except OSError:  # the terminal closed: every process holding it has ended
+            break
+        if not chunk:
+            break
+        output += chunk
+    process.wait(timeout=120)
+    os.close(controller)
+    return output.decode(errors="replace")

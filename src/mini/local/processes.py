@@ -8,6 +8,7 @@ is re-run one call at a time so that only the culprit fails.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import itertools
 import math
@@ -36,6 +37,8 @@ _SOCKET_BUFFER = 1 << 20
 # How many functions a worker keeps loaded. The pool alone decides which (`_Worker.plan_load`) and tells the
 # worker what to drop, so the two sides cannot disagree about which functions a worker holds.
 FUNCTIONS_PER_WORKER = 16
+_ECHO_CHUNK = 1 << 16
+_ECHO_DRAIN = 1.0  # seconds to wait for a dead worker's last output; a process it started may hold its pipes
 _keys = itertools.count(1)
 
 
@@ -70,6 +73,7 @@ class _Worker:
         self._busy = False
         self._killed = False
         self._loaded: OrderedDict[int, None] = OrderedDict()  # least recently used first
+        self._echoes = [_echo(process.stdout, "stdout"), _echo(process.stderr, "stderr")]
 
     @classmethod
     async def start(cls, command: WorkerCommand) -> _Worker:
@@ -88,9 +92,11 @@ class _Worker:
                 str(theirs.fileno()),
                 *(["--isolated"] if command.isolated else []),
                 pass_fds=[theirs.fileno()],
-                env=command.environment(),
+                env={**command.environment(), "PYTHONUNBUFFERED": "1"},  # its prints show as they happen
                 cwd=workdir,
                 stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
         except BaseException:
             if workdir is not None:
@@ -185,13 +191,34 @@ class _Worker:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
+    async def echoed(self) -> None:
+        """Wait (briefly) until everything the worker printed has been passed on."""
+        await asyncio.wait(self._echoes, timeout=_ECHO_DRAIN)
+
     async def exit_status(self) -> str:
         code = await self.process.wait()
+        await self.echoed()  # so that its stderr is above whatever is said about its death
         if code < 0:
             name = signal.Signals(-code).name
             hint = " (SIGKILL is what the OOM killer sends)" if name == "SIGKILL" else ""
             return f"killed by {name}{hint}"
         return f"exit code {code}"
+
+
+def _echo(stream: asyncio.StreamReader | None, name: str) -> asyncio.Task[None]:
+    """Pass what a worker prints on to this process's own `sys.stdout` or `sys.stderr` as it comes, so it
+    goes where this process's output goes: above a progress bar, into a notebook's cell."""
+
+    async def copy() -> None:
+        assert stream is not None
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        while chunk := await stream.read(_ECHO_CHUNK):
+            target = getattr(sys, name)
+            with contextlib.suppress(AttributeError, OSError, ValueError):  # no stream, or a closed one
+                target.write(decoder.decode(chunk))
+                target.flush()
+
+    return asyncio.ensure_future(copy())
 
 
 class ProcessPool:
@@ -255,6 +282,7 @@ class ProcessPool:
         finally:
             if worker is not None:
                 worker.kill()
+                await worker.echoed()
 
     async def aclose(self) -> None:
         drivers, self._drivers = self._drivers, []
