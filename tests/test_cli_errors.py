@@ -115,7 +115,8 @@ def test_a_rejected_token_from_the_config_file_is_fixed_by_storing_a_new_one(mon
     monkeypatch.setattr(mini.auth, "configured_token", lambda: ("ak-stored", "as-stored"))
     monkeypatch.setattr(mini.auth, "config_path", lambda: Path("/home/me/.modal.toml"))
     assert str(token_error()) == (
-        "Modal rejected the token ak-stored stored in /home/me/.modal.toml. Run `./go auth` to store a new one."
+        "Modal rejected the token ak-stored stored in /home/me/.modal.toml. "
+        "Run `./go auth` to store a new one."
     )
     monkeypatch.setattr(mini.auth, "configured_token", lambda: None)
     assert str(token_error()) == "no Modal token is set up. Run `./go auth` to store one."
