@@ -39,6 +39,8 @@ EXPERIMENT = textwrap.dedent(
 
 
     def main(app):
+        if os.environ.get("MISUSE"):
+            return list(app.map(square))  # no iterable: mini's API called wrongly
         how = os.environ.get("HOW", "square")
         return list(app.map(globals()[how], range(3)))
     """
@@ -174,6 +176,12 @@ def test_an_error_in_the_users_code_keeps_its_traceback_from_where_it_ran(experi
     assert out.returncode == 1
     assert "Traceback" in out.stderr and "ValueError: bad input 0" in out.stderr
     assert 'raise ValueError(f"bad input {x}")' in out.stderr, "the remote traceback, from the worker"
+
+
+def test_mini_called_wrongly_from_the_users_code_points_at_the_line(experiment, tmp_path):
+    out = mini("run", str(experiment), cwd=tmp_path, MISUSE="1")
+    assert out.returncode == 1 and "Traceback" in out.stderr
+    assert "return list(app.map(square))" in out.stderr and "needs at least one iterable" in out.stderr
 
 
 def test_the_traceback_of_minis_own_errors_when_asked(experiment, tmp_path):

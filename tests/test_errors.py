@@ -18,8 +18,6 @@ from mini.modal_backend.entry import CallFailed
 # user's error on its way out of a Modal container (raised there so that Modal's retries apply), and a
 # detached Modal call's expired output (caught where it is raised, in the run monitor).
 NEVER_REACH_USERS = {RemoteTraceback, CallFailed, OutputExpired}
-# Made a MiniError by the CLI work of issue 13, which has not landed yet: delete this line when it has.
-PENDING = {"mini.cli.experiment.ExperimentError"}
 
 
 def mini_exception_classes() -> list[type[BaseException]]:
@@ -42,7 +40,7 @@ def test_every_error_class_of_mini_is_a_mini_error() -> None:
         for cls in classes
         if cls not in NEVER_REACH_USERS and not issubclass(cls, MiniError)
     ]
-    assert set(strays) <= PENDING, strays
+    assert not strays, strays
 
 
 @pytest.mark.parametrize("arguments", [{"workers": 0}, {"workers": True}, {"mode": "cluster"}])

@@ -1,8 +1,9 @@
 """How a `mini` command ends on an error: mini's own errors as a short message and an exit code per kind.
 
 An error raised by the user's own code (in `main(app)` or in a call, with its remote traceback) is not
-mini's: it keeps its traceback. So does any error when asked (`mini --traceback`, or `MINI_DEBUG=1`).
-docs/cli.md shows the table of exit codes; `EXIT_CODES` is where it is kept.
+mini's: it keeps its traceback, and so does an `ArgumentError` (mini's API called wrongly, as a
+`TypeError` would be). Asked (`mini --traceback`, or `MINI_DEBUG=1`), mini prints every error's traceback.
+docs/cli.md shows the table of exit codes; `_kinds` is where it is kept.
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ def exit_code(error: BaseException) -> int | None:
 
     exit_code(OptionError("option timeout=-5.0 must be ..."))   # 2
     """
-    from mini.errors import RemoteError
+    from mini.errors import ArgumentError, RemoteError
 
-    if isinstance(error, RemoteError):  # the user's exception, brought back by name: its traceback matters
+    # The user's exception brought back by name, or mini's API called wrongly: where it happened matters.
+    if isinstance(error, (RemoteError, ArgumentError)):
         return None
     for code, kinds, _ in _kinds():
         if isinstance(error, kinds):
