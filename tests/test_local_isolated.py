@@ -122,7 +122,8 @@ def test_the_worker_sees_only_what_a_container_would(from_my_shell):
     seen = from_my_shell.run(look_around)
     variables = seen["variables"]
     assert "ONLY_IN_MY_SHELL" not in variables and "VIRTUAL_ENV" not in variables
-    assert set(variables) <= {*KEPT_VARIABLES, "PATH", "PYTHONPATH", "PYTHONNOUSERSITE"}
+    # PYTHONUNBUFFERED: the pool passes what a worker prints on as it comes (mini.local.processes).
+    assert set(variables) <= {*KEPT_VARIABLES, "PATH", "PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONUNBUFFERED"}
     assert variables["HOME"] == os.environ["HOME"]
     assert variables["PATH"].split(os.pathsep)[0] == str(Path(seen["executable"]).parent)
     assert seen["listing"] == [] and Path(seen["cwd"]) != ROOT
