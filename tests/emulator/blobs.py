@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import os
 from pathlib import Path
 
 from aiohttp import web
 from modal_proto import api_pb2
+
+from tests.emulator.ids import new_id
 
 # Modal's client asks for a multipart upload only above 1 GiB, and says the server may ask for one below;
 # the emulator does above this size, so that multipart uploads are exercised by files tests can afford.
@@ -37,7 +38,6 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self._root = root
         self._root.mkdir(parents=True, exist_ok=True)
-        self._ids = itertools.count(1)
         self._parts: dict[str, int] = {}  # blob id -> number of parts of its multipart upload
         self._shared: dict[str, Path] = {}
         self._runner: web.AppRunner | None = None
@@ -63,7 +63,7 @@ class BlobStore:
 
     def create(self) -> str:
         """A fresh blob id, to be filled by an HTTP PUT to `url(blob_id)`."""
-        return f"bl-{next(self._ids)}"
+        return new_id("bl")
 
     def url(self, blob_id: str) -> str:
         return f"{self.base_url}/blobs/{blob_id}"
@@ -106,7 +106,7 @@ class BlobStore:
     def share(self, path: Path) -> str:
         """A URL under which byte ranges of `path` are served: GET `URL/OFFSET/LENGTH`. The caller must not
         change the file afterwards (the volumes replace files, never rewrite them)."""
-        token = f"sh-{next(self._ids)}"
+        token = new_id("sh")
         self._shared[token] = path
         return f"{self.base_url}/shared/{token}"
 

@@ -13,13 +13,12 @@ Outputs are kept in arrival order; their position (1-based) is the entry id moda
 from __future__ import annotations
 
 import asyncio
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 from modal_proto import api_pb2
 
-_input_ids = itertools.count(1)
+from tests.emulator.ids import new_id
 
 
 @dataclass
@@ -53,7 +52,7 @@ class FunctionCall:
     _popped: set[int] = field(default_factory=set)  # ids of outputs a `clear_on_success` poll took
 
     def add_input(self, idx: int, input: api_pb2.FunctionInput) -> Input:
-        item = Input(input_id=f"in-{next(_input_ids)}", idx=idx, input=input)
+        item = Input(input_id=new_id("in"), idx=idx, input=input)
         self.inputs.append(item)
         self._notify()
         return item

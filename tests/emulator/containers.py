@@ -24,7 +24,6 @@ import asyncio
 import codecs
 import contextlib
 import fcntl
-import itertools
 import os
 import shutil
 import signal
@@ -38,10 +37,13 @@ from grpclib.events import RecvRequest, listen
 from grpclib.server import Server
 from modal_proto import api_pb2
 
-TASK_HEADER = "x-modal-emulator-task-id"
-_task_ids = itertools.count(1)
+from tests.emulator.ids import new_id
 
-LogSink = Callable[["Container", str, str], None]
+TASK_HEADER = "x-modal-emulator-task-id"
+# A partial line (no newline yet) is forwarded after the stream has been quiet this long.
+PARTIAL_LINE_DELAY = 0.2
+
+LogSink = Callable[["Container", str, list[str]], None]  # container, "stdout" or "stderr", lines
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class Container:
 
     spec: ContainerSpec
     parent: Path
-    task_id: str = field(default_factory=lambda: f"ta-{next(_task_ids)}")
+    task_id: str = field(default_factory=lambda: new_id("ta"))
     running: dict[str, Any] = field(default_factory=dict)  # input id -> the attempt running here
     views: dict[str, Any] = field(default_factory=dict)  # volume id -> its View
     pending_cancellations: list[str] = field(default_factory=list)
@@ -151,7 +153,7 @@ class Container:
             for _, write_end in pipes.values():
                 os.close(write_end)
         for name, (read_end, _) in pipes.items():
-            pipe = _LogPipe(read_end, lambda text, name=name: on_log(self, name, text))
+            pipe = _LogPipe(read_end, lambda lines, name=name: on_log(self, name, lines))
             await loop.connect_read_pipe(lambda pipe=pipe: pipe, os.fdopen(read_end, "rb", buffering=0))
             self._logs[name] = pipe
 
@@ -200,12 +202,18 @@ class Container:
 
 
 class _LogPipe(asyncio.Protocol):
-    """One of a container's output streams, forwarded as it is read, with a count of bytes forwarded."""
+    """One of a container's output streams, forwarded line by line as it is read.
 
-    def __init__(self, fd: int, forward: Callable[[str], None]) -> None:
+    A line is forwarded when its newline arrives; a partial line when the stream has been quiet for
+    `PARTIAL_LINE_DELAY`, when `settle()` is called, or at the end of the stream.
+    """
+
+    def __init__(self, fd: int, forward: Callable[[list[str]], None]) -> None:
         self._fd = fd
         self._forward = forward
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+        self._flush: asyncio.TimerHandle | None = None
         self._received = 0
         self._progress = asyncio.Event()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -213,25 +221,40 @@ class _LogPipe(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._received += len(data)
         self._progress.set()
-        text = self._decoder.decode(data)
-        if text:
-            self._forward(text)
+        lines = (self._partial + self._decoder.decode(data)).splitlines(keepends=True)
+        self._partial = lines.pop() if lines and not lines[-1].endswith("\n") else ""
+        if lines:
+            self._forward(lines)
+        if self._flush is not None:
+            self._flush.cancel()
+        if self._partial:
+            self._flush = asyncio.get_running_loop().call_later(PARTIAL_LINE_DELAY, self._forward_partial)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._partial += self._decoder.decode(b"", final=True)
+        self._forward_partial()
         self._progress.set()
         if not self.closed.done():
             self.closed.set_result(None)
 
     async def settle(self) -> None:
         # Bytes already written but not yet read sit in the pipe; FIONREAD counts them.
-        if self.closed.done():
-            return  # everything was read (and the descriptor may belong to another file by now)
-        try:
-            pending = array.array("i", [0])
-            fcntl.ioctl(self._fd, termios.FIONREAD, pending)
-        except OSError:
-            return  # the pipe is closed: everything was read
-        target = self._received + pending[0]
-        while self._received < target and not self.closed.done():
-            self._progress.clear()
-            await self._progress.wait()
+        if not self.closed.done():  # else everything was read (and the descriptor may be another file's)
+            try:
+                pending = array.array("i", [0])
+                fcntl.ioctl(self._fd, termios.FIONREAD, pending)
+            except OSError:
+                pending = array.array("i", [0])
+            target = self._received + pending[0]
+            while self._received < target and not self.closed.done():
+                self._progress.clear()
+                await self._progress.wait()
+        self._forward_partial()
+
+    def _forward_partial(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if self._partial:
+            partial, self._partial = self._partial, ""
+            self._forward([partial])

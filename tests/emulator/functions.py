@@ -504,9 +504,16 @@ class FunctionRunner:
             self._record(function.pending.popleft(), result)
 
     def _stop_container(self, container: Container) -> None:
+        # An idle container takes the kill switch from its waiting FunctionGetInputs and exits on its own;
+        # one still running (cancelled) inputs is interrupted, so that it unwinds and commits its volumes;
+        # one still starting holds nothing and is killed.
         container.draining = True
         container.expected_exit = True
-        container.interrupt()
+        if not container.fetched:
+            container.kill()
+            return
+        if container.running:
+            container.interrupt()
         self._later(STOP_GRACE, container.kill)
 
     def _later(self, delay: float, callback: Callable[..., object], *args: object) -> None:

@@ -30,6 +30,7 @@ from mini.local._environ import applied
 from tests.emulator.blobs import BlobStore
 from tests.emulator.container_service import ContainerService
 from tests.emulator.containers import TASK_HEADER
+from tests.emulator.log_service import LogService
 from tests.emulator.recorder import Recorder
 from tests.emulator.rpc import Unimplemented
 from tests.emulator.servicer import Servicer
@@ -154,6 +155,7 @@ class Emulator:
                     recorder=self.recorder,
                 ),
                 ContainerService(servicer.runner, servicer.calls),
+                LogService(servicer.app_logs),
             ]
             # Containers are served the same API through endpoints of their own (see containers.py).
             servicer.runner.handlers = handlers

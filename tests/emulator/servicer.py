@@ -10,9 +10,7 @@ Volumes, queues, dicts and the RPCs of containers are served by their own servic
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import itertools
 import re
 import time
 from dataclasses import dataclass, field
@@ -31,7 +29,9 @@ from tests.emulator.calls import FunctionCall, format_entry_id, parse_entry_id
 from tests.emulator.containers import Container, LogSink
 from tests.emulator.files import FileStore
 from tests.emulator.functions import EmulatedFunction, FunctionRunner, Provision
+from tests.emulator.ids import new_id
 from tests.emulator.image_builds import ImageBuilds, build_result
+from tests.emulator.log_service import AppLogs
 from tests.emulator.recorder import AppRecord, FunctionRecord, LogLine, MountRecord, Recorder
 from tests.emulator.rpc import Service, claims, jwt
 from tests.emulator.volumes import VolumeStore
@@ -43,6 +43,11 @@ MAX_OUTPUTS_BYTES = 16 << 20
 # A generator whose data-out stream has no reader for this long was abandoned by its caller.
 ABANDONED_GENERATOR_GRACE = 2.0
 _STANDALONE_PYTHON = re.compile(r"^python-build-standalone\.\w+\.(\d+\.\d+)\.\d+-gnu$")
+_INPUT_CATEGORIES = {
+    api_pb2.GenericResult.GENERIC_STATUS_SUCCESS: "succeeded",
+    api_pb2.GenericResult.GENERIC_STATUS_TIMEOUT: "timeout",
+    api_pb2.GenericResult.GENERIC_STATUS_TERMINATED: "cancelled",
+}
 _APP_STATE_NAMES = {
     api_pb2.APP_STATE_EPHEMERAL: "ephemeral",
     api_pb2.APP_STATE_DETACHED: "detached",
@@ -55,21 +60,17 @@ _APP_STATE_NAMES = {
 @dataclass
 class _App:
     record: AppRecord
-    logs: list[api_pb2.TaskLogsBatch] = field(default_factory=list)
-    done: bool = False
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    logs: AppLogs = field(default_factory=AppLogs)
     function_ids: set[str] = field(default_factory=set)
     tags: dict[str, str] = field(default_factory=dict)  # function tag -> id, as AppPublish names them
     last_heartbeat: float = 0.0
 
-    def add_log(self, batch: api_pb2.TaskLogsBatch) -> None:
-        batch.entry_id = str(len(self.logs) + 1)
-        self.logs.append(batch)
-        self.changed.set()
+    @property
+    def done(self) -> bool:
+        return self.logs.done
 
     def finish(self) -> None:
-        self.done = True
-        self.changed.set()
+        self.logs.finish()
 
 
 class Servicer(Service):
@@ -88,7 +89,6 @@ class Servicer(Service):
         self._client_retries = client_retries
         self.blobs = blobs
         self._workdir = workdir
-        self._ids = itertools.count(1)
         self._apps: dict[str, _App] = {}
         self._images = ImageBuilds(recorder)
         self.files = FileStore(workdir / "files")
@@ -106,9 +106,6 @@ class Servicer(Service):
         self.calls: dict[str, FunctionCall] = {}
         self._secrets: dict[str, dict[str, str]] = {}
         self._secret_names: dict[str, str] = {}
-
-    def _new_id(self, prefix: str) -> str:
-        return f"{prefix}-{next(self._ids)}"
 
     async def shutdown(self) -> None:
         """Stop every container (the emulator is going away)."""
@@ -143,7 +140,7 @@ class Servicer(Service):
 
     async def AppCreate(self, stream: Stream) -> None:
         request: api_pb2.AppCreateRequest = await stream.recv_message()
-        app_id = self._new_id("ap")
+        app_id = new_id("ap")
         record = AppRecord(app_id=app_id, description=request.description)
         record.states.append(_APP_STATE_NAMES.get(request.app_state, str(request.app_state)))
         self._apps[app_id] = _App(record=record, last_heartbeat=asyncio.get_running_loop().time())
@@ -161,6 +158,15 @@ class Servicer(Service):
         await stream.send_message(
             api_pb2.AppPublishResponse(url=f"http://emulator.invalid/apps/{request.app_id}")
         )
+
+    async def AppGetLifecycle(self, stream: Stream) -> None:
+        request: api_pb2.AppGetLifecycleRequest = await stream.recv_message()
+        app = self._app(request.app_id)
+        states = {name: state for state, name in _APP_STATE_NAMES.items()}
+        lifecycle = api_pb2.AppLifecycle(
+            app_state=states.get(app.record.states[-1], api_pb2.APP_STATE_UNSPECIFIED)
+        )
+        await stream.send_message(api_pb2.AppGetLifecycleResponse(lifecycle=lifecycle))
 
     async def AppHeartbeat(self, stream: Stream) -> None:
         request: api_pb2.AppHeartbeatRequest = await stream.recv_message()
@@ -194,18 +200,8 @@ class Servicer(Service):
             self.runner.stop(self._functions[function_id], calls)
         app.record.states.append("stopped")
 
-    async def AppGetLogs(self, stream: Stream) -> None:
-        request: api_pb2.AppGetLogsRequest = await stream.recv_message()
-        app = self._app(request.app_id)
-        position = int(request.last_entry_id) if request.last_entry_id.isdigit() else 0
-        if len(app.logs) <= position and not app.done and request.timeout > 0:
-            app.changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(app.changed.wait(), request.timeout)
-        for batch in app.logs[position:]:
-            await stream.send_message(batch)
-        if app.done:
-            await stream.send_message(api_pb2.TaskLogsBatch(app_done=True))
+    def app_logs(self, app_id: str) -> AppLogs:
+        return self._app(app_id).logs
 
     def _app(self, app_id: str) -> _App:
         if app_id not in self._apps:
@@ -222,7 +218,7 @@ class Servicer(Service):
         elif name and request.object_creation_type == api_pb2.OBJECT_CREATION_TYPE_UNSPECIFIED:
             raise GRPCError(Status.NOT_FOUND, f"Secret '{name}' not found")
         else:
-            secret_id = self._new_id("st")
+            secret_id = new_id("st")
             self._secrets[secret_id] = dict(request.env_dict)
             if name:
                 self._secret_names[name] = secret_id
@@ -231,7 +227,7 @@ class Servicer(Service):
 
     def add_secret(self, name: str, env: dict[str, str]) -> None:
         """Make `modal.Secret.from_name(name)` resolve to `env`."""
-        secret_id = self._new_id("st")
+        secret_id = new_id("st")
         self._secrets[secret_id] = dict(env)
         self._secret_names[name] = secret_id
 
@@ -276,7 +272,7 @@ class Servicer(Service):
         # Modal's global mounts (its client library, standalone Pythons) are not files here: the
         # environment builder installs modal in every image and uses a local interpreter of that series.
         files = {} if lookup else {file.filename: file.sha256_hex for file in request.files}
-        mount_id = self._new_id("mo")
+        mount_id = new_id("mo")
         if lookup and standalone:
             self._images.add_standalone_python(mount_id, standalone.group(1))
         self._mount_files[mount_id] = files
@@ -297,7 +293,7 @@ class Servicer(Service):
         request: api_pb2.ImageGetOrCreateRequest = await stream.recv_message()
         client_version = stream.metadata.get("x-modal-client-version", "")
         image_id = self._images.get_or_create(
-            request.image, client_version=client_version, new_id=lambda: self._new_id("im")
+            request.image, client_version=client_version, new_id=lambda: new_id("im")
         )
         await stream.send_message(
             api_pb2.ImageGetOrCreateResponse(
@@ -339,7 +335,7 @@ class Servicer(Service):
 
     async def FunctionPrecreate(self, stream: Stream) -> None:
         request: api_pb2.FunctionPrecreateRequest = await stream.recv_message()
-        function_id = request.existing_function_id or self._new_id("fu")
+        function_id = request.existing_function_id or new_id("fu")
         await stream.send_message(
             api_pb2.FunctionPrecreateResponse(
                 function_id=function_id,
@@ -361,7 +357,7 @@ class Servicer(Service):
         else:
             ranked = [request.function]
         definition = ranked[0]
-        function_id = request.existing_function_id or self._new_id("fu")
+        function_id = request.existing_function_id or new_id("fu")
         record = self._function_record(function_id, request.app_id, definition, ranked)
         handle_metadata = api_pb2.FunctionHandleMetadata(
             function_name=definition.function_name,
@@ -437,7 +433,7 @@ class Servicer(Service):
         request: api_pb2.FunctionMapRequest = await stream.recv_message()
         function = self._function(request.function_id)
         call = FunctionCall(
-            function_call_id=self._new_id("fc"),
+            function_call_id=new_id("fc"),
             function_id=request.function_id,
             invocation_type=request.function_call_invocation_type,
         )
@@ -517,6 +513,23 @@ class Servicer(Service):
                 metadata=api_pb2.FunctionCallHandleMetadata(app_id=app_id, function_id=call.function_id),
             )
         )
+
+    async def FunctionCallGetInfo(self, stream: Stream) -> None:
+        """How many of the call's inputs are pending, succeeded, failed, timed out or were cancelled."""
+        request: api_pb2.FunctionCallGetInfoRequest = await stream.recv_message()
+        call = self._call(request.function_call_id)
+        final = {output.input_id: output.result.status for output in call.outputs}
+        counts = dict.fromkeys(("pending", "succeeded", "failed", "timeout", "cancelled"), 0)
+        for item in call.inputs:
+            status = final.get(item.input_id) if item.done else None
+            counts[_INPUT_CATEGORIES.get(status, "failed") if status is not None else "pending"] += 1
+        category = api_pb2.InputCategoryInfo
+        info = api_pb2.FunctionCallInfo(
+            function_call_id=call.function_call_id,
+            total_inputs=len(call.inputs),
+            **{f"{name}_inputs": category(total=count) for name, count in counts.items()},
+        )
+        await stream.send_message(api_pb2.FunctionCallGetInfoResponse(info=info))
 
     async def FunctionCallCancel(self, stream: Stream) -> None:
         request: api_pb2.FunctionCallCancelRequest = await stream.recv_message()
@@ -623,7 +636,7 @@ class Servicer(Service):
         descriptors = {"stdout": api_pb2.FILE_DESCRIPTOR_STDOUT, "stderr": api_pb2.FILE_DESCRIPTOR_STDERR}
         function_id = function.record.function_id
 
-        def sink(container: Container, stream_name: str, text: str) -> None:
+        def sink(container: Container, stream_name: str, lines: list[str]) -> None:
             # Output is the input's when the container runs exactly one, as it does without concurrency;
             # text written between inputs, or while several run at once, belongs to the container only.
             running = list(container.running.values())
@@ -631,19 +644,20 @@ class Servicer(Service):
             input_id = attempt.item.input_id if attempt else ""
             function_call_id = attempt.call.function_call_id if attempt else ""
             now = time.time_ns()
-            self.recorder.logs.append(
-                LogLine(
-                    function.record.name, stream_name, text, container.task_id, input_id, function_call_id
+            for line in lines:
+                self.recorder.logs.append(
+                    LogLine(
+                        function.record.name, stream_name, line, container.task_id, input_id, function_call_id
+                    )
                 )
-            )
-            app.add_log(
+            app.logs.add(
                 api_pb2.TaskLogsBatch(
                     task_id=container.task_id,
                     function_id=function_id,
                     input_id=input_id,
                     items=[
                         api_pb2.TaskLogs(
-                            data=text,
+                            data=line,
                             file_descriptor=descriptors[stream_name],
                             timestamp=now / 1e9,
                             timestamp_ns=now,
@@ -651,6 +665,7 @@ class Servicer(Service):
                             input_id=input_id,
                             container_id=container.task_id,
                         )
+                        for line in lines
                     ],
                 )
             )

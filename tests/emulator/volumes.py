@@ -26,7 +26,6 @@ started with (a hard link taken when VolumeGetFile2 is answered) while later com
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import shutil
 import stat
@@ -39,6 +38,7 @@ from modal._utils.blob_utils import BLOCK_SIZE
 from modal_proto import api_pb2
 
 from tests.emulator.blobs import BlobStore
+from tests.emulator.ids import new_id
 
 # What a scan records of one entry: ("d",) for a folder, ("l", target) for a link, ("f", size, mtime_ns).
 Signature = tuple
@@ -91,14 +91,13 @@ class VolumeStore:
         self._blobs = blobs
         self._snapshots = root / ".downloads"
         self._snapshots.mkdir(parents=True, exist_ok=True)
-        self._ids = itertools.count(1)
         self._volumes: dict[str, Volume] = {}
         self._names: dict[str, str] = {}
 
     # --- the volumes themselves ---
 
     def create(self, name: str = "", version: int = api_pb2.VOLUME_FS_VERSION_V1) -> Volume:
-        volume_id = f"vo-{next(self._ids)}"
+        volume_id = new_id("vo")
         if version == api_pb2.VOLUME_FS_VERSION_UNSPECIFIED:
             version = api_pb2.VOLUME_FS_VERSION_V1
         root = self._root / volume_id
@@ -155,7 +154,7 @@ class VolumeStore:
         target = _inside(volume.root, path)
         if not target.is_file():
             raise VolumeError("NOT_FOUND", f"No such file: {path}")
-        snapshot = self._snapshots / f"{volume.volume_id}-{next(self._ids)}"
+        snapshot = self._snapshots / new_id(volume.volume_id)
         os.link(target, snapshot)
         size = snapshot.stat().st_size
         start = min(start, size)
