@@ -30,7 +30,9 @@ from mini.local._environ import applied
 from tests.emulator.blobs import BlobStore
 from tests.emulator.container_service import ContainerService
 from tests.emulator.containers import TASK_HEADER
+from tests.emulator.dict_service import DictService
 from tests.emulator.log_service import LogService
+from tests.emulator.queue_service import QueueService
 from tests.emulator.recorder import Recorder
 from tests.emulator.rpc import Unimplemented
 from tests.emulator.servicer import Servicer
@@ -156,6 +158,8 @@ class Emulator:
                 ),
                 ContainerService(servicer.runner, servicer.calls),
                 LogService(servicer.app_logs),
+                QueueService(),
+                DictService(),
             ]
             # Containers are served the same API through endpoints of their own (see containers.py).
             servicer.runner.handlers = handlers

@@ -184,8 +184,8 @@ def test_invalid_token_is_an_auth_error(modal_emulator):
 
 def test_an_unimplemented_rpc_fails_loudly_and_is_recorded(modal_emulator):
     with pytest.raises(UnimplementedError):
-        modal.Dict.from_name("emulator-dict", create_if_missing=True).hydrate()
-    assert "DictGetOrCreate" in modal_emulator.recorder.unimplemented
+        modal.Function.from_name("emulator-deployed", "missing").hydrate()
+    assert "FunctionGet" in modal_emulator.recorder.unimplemented
 
 
 def test_served_over_tls(tmp_path, monkeypatch):
