@@ -41,7 +41,7 @@ WORKSPACE = "emulator"
 # Outputs of a map are sent in pages of about this size; the client's cursor fetches the rest.
 MAX_OUTPUTS_BYTES = 16 << 20
 # A generator whose data-out stream has no reader for this long was abandoned by its caller.
-ABANDONED_GENERATOR_GRACE = 2.0
+ABANDONED_GENERATOR_GRACE = 1.0
 _STANDALONE_PYTHON = re.compile(r"^python-build-standalone\.\w+\.(\d+\.\d+)\.\d+-gnu$")
 _INPUT_CATEGORIES = {
     api_pb2.GenericResult.GENERIC_STATUS_SUCCESS: "succeeded",

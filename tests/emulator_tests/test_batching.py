@@ -17,7 +17,7 @@ def _batched(app: modal.App, name: str, behaviour: str, **options) -> modal.Func
             return [(x, len(xs)) for x in xs][:-1]
         return [(x, len(xs)) for x in xs]
 
-    batched = modal.batched(max_batch_size=4, wait_ms=1000)(echo_with_batch_size)
+    batched = modal.batched(max_batch_size=4, wait_ms=500)(echo_with_batch_size)
     return app.function(image=image, serialized=True, name=name, **options)(batched)
 
 

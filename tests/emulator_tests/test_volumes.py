@@ -290,7 +290,7 @@ def test_a_large_file_streams_through_files_not_memory(tmp_path):
     import subprocess
     import sys
 
-    size = 192 << 20
+    size = 128 << 20
     big = tmp_path / "big.bin"
     with big.open("wb") as sink:
         for _ in range(size >> 20):
