@@ -1,26 +1,24 @@
-"""`Apparatus`: the API experiment code is written against, with its semantics written once.
+"""`Apparatus`: the API experiment code is written against, the same on every backend.
 
-A backend supplies one primitive, `_open_dispatch` (see `mini.dispatch`); zipping, lazy bounded input,
-ordering, retries, `return_exceptions`, cancellation and the sync bridge all live here.
+An apparatus is a name, a `Backend` (where calls run, see `mini.backend`) and options. The semantics of a
+map (lazy bounded input, ordering, retries, cancellation) live in `mini._maprun`; here are the user's API
+and the bridge from its sync form to the async core.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
-from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from mini import _loop
-from mini.dispatch import Dispatch
+from mini._maprun import MapRun, values
+from mini.backend import Backend
 from mini.errors import ArgumentError
 from mini.options import Options
-from mini.progress import Progress
-from mini.serialization import ArgumentEncoder, Outcome, decode_error, dump_function, loads
 
 if TYPE_CHECKING:
-    from mini.runs import Job, Launcher, Run
+    from mini.runs import Job, Run
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -31,51 +29,25 @@ except ImportError:  # Python 3.10
     from typing_extensions import Self  # type: ignore[assignment]
 
 
-class Apparatus(ABC):
+class Apparatus:
     """Where experiment code runs. Write against this; pick the backend when you run.
 
     >>> with LocalApparatus("demo", workers=2) as app:
     ...     squares = list(app.map(pow, range(4), [2] * 4))
+
+    `LocalApparatus` and `ModalApparatus` build one for their backend; any `mini.backend.Backend` can be
+    given directly: `Apparatus("debug", MyBackend())`.
     """
 
-    def __init__(self, name: str, options: Options | None = None) -> None:
+    def __init__(self, name: str, backend: Backend, options: Options | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise ArgumentError(f"an apparatus needs a non-empty name, got {name!r}")
+        if not isinstance(backend, Backend):
+            raise ArgumentError(f"backend must be a mini.backend.Backend, got {type(backend).__name__}")
         self.name = name
+        self.backend = backend
         self.options = options or Options()
-
-    # ----- what a backend supplies -------------------------------------------------------------------
-
-    @abstractmethod
-    async def _open_dispatch(self, fn: Callable[..., Any], fn_blob: bytes, *, ordered: bool) -> Dispatch:
-        """Start one map of `fn` (pickled once as `fn_blob`) under `self.options`."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Stop workers and release resources. The apparatus can be used again afterwards."""
-
-    def _retries_handled_by_backend(self) -> bool:
-        return False
-
-    def _dispatch_on_caller_thread(self) -> bool:
-        """Whether `run` may drive this backend's core on the caller's thread (`mini._loop.drive`), two
-        thread hops fewer than through mini's loop: only for a dispatch that waits on nothing but
-        `mini._loop.Signal`s."""
-        return False
-
-    def _takes_buffers(self) -> bool:
-        """Whether this backend's dispatch carries `Call.buffers` (large buffers pickled out-of-band)."""
-        return False
-
-    def _callees_own_memory(self) -> bool:
-        """Whether calls run in another address space, so a callee can never write to the caller's memory."""
-        return False
-
-    def _detached_launcher(self) -> Launcher:
-        """The `mini.runs.Launcher` that starts this backend's detached calls (`spawn`, `spawn_map`)."""
-        raise NotImplementedError(
-            f"{type(self).__name__} cannot launch detached runs; use LocalApparatus or ModalApparatus."
-        )
+        backend.check(self.options)
 
     # ----- options and lifecycle ---------------------------------------------------------------------
 
@@ -90,11 +62,13 @@ class Apparatus(ABC):
         """
         variant = copy.copy(self)
         variant.options = self.options.merged(options)
-        variant._check_options()
+        self.backend.check(variant.options)
         return variant
 
-    def _check_options(self) -> None:  # noqa: B027 - optional hook, most backends accept everything
-        """Backend-specific validation of `self.options`; raise `OptionError` for what it cannot accept."""
+    def close(self) -> None:
+        """Stop workers and release resources (of this apparatus and its variants, which share them). The
+        apparatus can be used again afterwards."""
+        self.backend.close()
 
     def __enter__(self) -> Self:
         return self
@@ -103,8 +77,9 @@ class Apparatus(ABC):
         self.close()
 
     def __repr__(self) -> str:
-        set_options = ", ".join(f"{k}={v!r}" for k, v in self.options.as_dict().items())
-        return f"{type(self).__name__}({self.name!r}{', ' if set_options else ''}{set_options})"
+        settings = {**self.options.as_dict(), **self.backend.describe()}
+        shown = "".join(f", {key}={value!r}" for key, value in settings.items())
+        return f"{type(self).__name__}({self.name!r}{shown})"
 
     # ----- the async core ----------------------------------------------------------------------------
 
@@ -156,11 +131,12 @@ class Apparatus(ABC):
         >>> app.run(train, lr=1e-3)
         0.0421
         """
-        if self._dispatch_on_caller_thread():
+        capabilities = self.backend.capabilities
+        if capabilities.caller_thread:
             return _loop.drive(self._run_one(fn, args, kwargs))
         # The caller waits for the call to end, so where callees cannot write to its memory, argument
         # buffers can be sent from there rather than from a snapshot (one copy of a large array fewer).
-        return _loop.wait(self._run_one(fn, args, kwargs, lend_buffers=self._callees_own_memory()))
+        return _loop.wait(self._run_one(fn, args, kwargs, lend_buffers=capabilities.own_memory))
 
     def map(
         self,
@@ -210,9 +186,8 @@ class Apparatus(ABC):
         >>> job = app.spawn(train, lr=1e-3)
         >>> Job.open(job.id).result()        # later, from any process on this checkout
         """
-        from mini.runs.launch import launch
-
-        return launch(self, fn, [args], kwargs, kind="spawn")[0]
+        launcher = self.backend.launcher(self.name, self.options)
+        return launcher.start(self.name, fn, [args], kwargs, kind="spawn")[0]
 
     def spawn_map(
         self, fn: Callable[..., R], *iterables: Iterable[Any], kwargs: Mapping[str, Any] | None = None
@@ -222,18 +197,26 @@ class Apparatus(ABC):
         >>> run = app.spawn_map(train, [1e-3, 1e-4], kwargs={"steps": 100})
         >>> Run.open(run.id).results()       # later; `mini status`/`mini results RUN` from a shell
         """
-        from mini.runs.launch import launch
-
         _need_iterables("spawn_map", iterables)
-        return launch(self, fn, zip(*iterables, strict=False), kwargs, kind="spawn_map")
+        launcher = self.backend.launcher(self.name, self.options)
+        return launcher.start(self.name, fn, zip(*iterables, strict=False), kwargs, kind="spawn_map")
 
     # ----- shared machinery --------------------------------------------------------------------------
 
     async def _run_one(
         self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any], lend_buffers: bool = False
     ) -> R:
-        run = _MapRun(
-            self, fn, iter([args]), kwargs, ordered=True, progress=False, total=1, lend_buffers=lend_buffers
+        run = MapRun(
+            self.backend,
+            self.options,
+            self.name,
+            fn,
+            iter([args]),
+            kwargs,
+            ordered=True,
+            progress=False,
+            total=1,
+            lend_buffers=lend_buffers,
         )
         try:
             batch = await run.next_batch()
@@ -254,12 +237,10 @@ class Apparatus(ABC):
         return_exceptions: bool,
         total: int | None,
     ) -> Iterator[R]:
-        run = _MapRun(
-            self, fn, arg_tuples, kwargs, ordered=ordered, progress=self.options.progress, total=total
-        )
+        run = self._map_run(fn, arg_tuples, kwargs, ordered, total)
         try:
             while (batch := _loop.wait(run.next_batch())) is not None:
-                yield from _values(batch, return_exceptions)
+                yield from values(batch, return_exceptions)
         finally:
             _loop.wait(run.aclose())
 
@@ -272,23 +253,34 @@ class Apparatus(ABC):
         return_exceptions: bool,
         total: int | None,
     ) -> AsyncIterator[R]:
-        run = _MapRun(
-            self, fn, arg_tuples, kwargs, ordered=ordered, progress=self.options.progress, total=total
-        )
+        run = self._map_run(fn, arg_tuples, kwargs, ordered, total)
         try:
             while (batch := await _loop.wrap(run.next_batch())) is not None:
-                for value in _values(batch, return_exceptions):
+                for value in values(batch, return_exceptions):
                     yield value
         finally:
             await _loop.wrap(run.aclose())
 
-
-def _values(batch: list[tuple[bool, Any]], return_exceptions: bool) -> Iterator[Any]:
-    """A batch's results; a failure is raised, or yielded in its place with `return_exceptions`."""
-    for ok, value in batch:
-        if not ok and not return_exceptions:
-            raise value
-        yield value
+    def _map_run(
+        self,
+        fn: Callable[..., Any],
+        arg_tuples: Iterator[Any],
+        kwargs: Mapping[str, Any] | None,
+        ordered: bool,
+        total: int | None,
+    ) -> MapRun:
+        options = self.options
+        return MapRun(
+            self.backend,
+            options,
+            self.name,
+            fn,
+            arg_tuples,
+            kwargs,
+            ordered=ordered,
+            progress=options.progress,
+            total=total,
+        )
 
 
 def _length(*iterables: Iterable[Any]) -> int | None:
@@ -302,142 +294,3 @@ def _length(*iterables: Iterable[Any]) -> int | None:
 def _need_iterables(verb: str, iterables: tuple[Any, ...]) -> None:
     if not iterables:
         raise ArgumentError(f"{verb}() needs at least one iterable of arguments, like the builtin map()")
-
-
-class _MapRun:
-    """One map in progress, driven from mini's private loop: feeds inputs lazily within the backend's
-    capacity, retries, reorders, and hands back batches of `(ok, value_or_exception)`."""
-
-    def __init__(
-        self,
-        apparatus: Apparatus,
-        fn: Callable[..., Any],
-        arg_tuples: Iterator[Any],
-        kwargs: Mapping[str, Any] | None,
-        *,
-        ordered: bool,
-        progress: bool | None,
-        total: int | None = None,
-        lend_buffers: bool = False,
-    ) -> None:
-        if not callable(fn):
-            raise ArgumentError(f"the function to run must be callable, got {type(fn).__name__}")
-        self._apparatus = apparatus
-        self._fn = fn
-        self._inputs = arg_tuples
-        self._kwargs = dict(kwargs or {})
-        self._ordered = ordered
-        self._progress_enabled = progress
-        self._total = total
-        self._progress: Progress | None = None
-        self._encoder = ArgumentEncoder(fn, out_of_band=apparatus._takes_buffers(), lend=lend_buffers)
-        self._dispatch: Dispatch | None = None
-        self._counter = itertools.count()
-        self._exhausted = False
-        self._finished = False
-        self._submitted = 0
-        self._consumed = 0
-        self._failed = 0
-        self._done = 0
-        self._next_index = 0
-        self._buffer: dict[int, tuple[bool, Any]] = {}
-        self._payloads: dict[int, Any] = {}
-        self._attempts: dict[int, int] = {}
-        self._closed = False
-        retries = apparatus.options.retries
-        self._retries = 0 if apparatus._retries_handled_by_backend() else (retries or 0)
-
-    async def next_batch(self) -> list[tuple[bool, Any]] | None:
-        """The next results in output order, or None when the map is finished."""
-        if self._dispatch is None:
-            self._dispatch = await self._apparatus._open_dispatch(
-                self._fn, dump_function(self._fn), ordered=self._ordered
-            )
-            self._progress = Progress(self._apparatus.name, self._progress_enabled, self._total)
-        while True:
-            self._feed()
-            if self._consumed == self._submitted and self._exhausted:
-                self._show(finished=True)
-                return None
-            ready = self._take_ready()
-            if ready:
-                return ready
-            for outcome in await self._dispatch.outcomes():
-                self._settle(outcome)
-            self._show()
-
-    def _feed(self) -> None:
-        assert self._dispatch is not None
-        room = self._dispatch.capacity() - (self._submitted - self._consumed)
-        calls = []
-        while room > 0 and not self._exhausted:
-            try:
-                item = next(self._inputs)
-            except StopIteration:
-                self._exhausted = True
-                break
-            args = tuple(item)
-            index = next(self._counter)
-            call = self._encoder.encode(index, args, self._kwargs)
-            if self._retries:
-                self._payloads[index] = call.copy()
-            calls.append(call)
-            room -= 1
-        if calls:
-            self._submitted += len(calls)
-            self._dispatch.submit(calls)
-        if self._exhausted and not self._finished:
-            self._finished = True
-            self._dispatch.finish()
-
-    def _settle(self, outcome: Outcome) -> None:
-        index = outcome.index
-        if outcome.ok:
-            value = loads(outcome.data, buffers=outcome.buffers)  # type: ignore[arg-type]
-            self._done += 1
-        else:
-            attempt = self._attempts.get(index, 0)
-            if attempt < self._retries:
-                self._attempts[index] = attempt + 1
-                assert self._dispatch is not None
-                self._dispatch.submit([self._payloads[index].copy()])
-                return
-            value = decode_error(outcome.data)
-            self._failed += 1
-        if self._retries:
-            self._payloads.pop(index, None)
-            self._attempts.pop(index, None)
-        self._buffer[index] = (outcome.ok, value)
-
-    def _take_ready(self) -> list[tuple[bool, Any]]:
-        if not self._ordered:
-            ready = list(self._buffer.values())
-            self._buffer.clear()
-        else:
-            ready = []
-            while self._next_index in self._buffer:
-                ready.append(self._buffer.pop(self._next_index))
-                self._next_index += 1
-        self._consumed += len(ready)
-        return ready
-
-    def _show(self, finished: bool = False) -> None:
-        if self._progress is not None and self._dispatch is not None:
-            self._progress.update(
-                submitted=self._submitted,
-                running=self._dispatch.running(),
-                done=self._done,
-                failed=self._failed,
-                finished=finished,
-            )
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            if self._dispatch is not None:
-                await self._dispatch.aclose()
-        finally:
-            if self._progress is not None:
-                self._progress.close()

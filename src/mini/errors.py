@@ -58,6 +58,10 @@ class RemoteTraceback(Exception):
         return "\n\nRemote traceback:\n" + self.text
 
 
+class NotSupportedError(MiniError, NotImplementedError):
+    """The backend cannot do what was asked (for example detached runs on a backend without a launcher)."""
+
+
 class BackendError(MiniError):
     """The backend itself failed while running calls (a lost connection, a stopped app), not a call."""
 

@@ -152,13 +152,17 @@ def test_a_launch_interrupted_before_handing_calls_over_is_failed(project):
 
 def test_a_backend_without_detached_runs_says_so(project):
     from mini.apparatus import Apparatus
+    from mini.backend import Backend
+    from mini.errors import NotSupportedError
 
-    class Inline(Apparatus):
-        async def _open_dispatch(self, fn, fn_blob):
+    class Inline(Backend):
+        kind = "inline"
+
+        async def open_dispatch(self, fn, fn_blob, options, *, ordered):
             raise AssertionError("not used")
 
         def close(self) -> None:
             pass
 
-    with pytest.raises(NotImplementedError, match="Inline cannot launch detached runs"):
-        Inline("inline").spawn(functions.square, 2)
+    with pytest.raises(NotSupportedError, match=r"inline backend \(Inline\) cannot launch detached runs"):
+        Apparatus("inline", Inline()).spawn(functions.square, 2)

@@ -305,18 +305,18 @@ def detach_experiment(
     whole run survives this shell; on Modal the driving process runs on this machine and must stay up. The
     calls main(app) makes are counted in the run's folder as they go (`mini.runs.inner_calls`).
     """
-    from mini.local.apparatus import LocalApparatus
-    from mini.runs.launch import launch
+    from mini.local.backend import LocalBackend
+    from mini.options import Options
 
     label = f"{target}:main"
     if Path(target).is_file():
         target = str(Path(target).resolve())
     if plot:
         plot = str(Path(plot).resolve())
-    driver = LocalApparatus(name, workers=1, mode="process")
+    driver = LocalBackend(name, workers=1, mode="process").launcher(name, Options())
     arguments = (target, backend, name, settings, options, plot)
-    the_run = launch(
-        driver,
+    the_run = driver.start(
+        name,
         run_experiment,
         [arguments],
         None,

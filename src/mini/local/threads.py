@@ -4,7 +4,7 @@ Python cannot stop a running thread, so a call that times out or whose map is ca
 background with its result discarded; a replacement thread keeps the pool at full strength meanwhile.
 
 A dispatch holds nothing bound to an event loop and waits on a `mini._loop.Signal`, so its core can be
-driven on the caller's thread (see `LocalApparatus._dispatch_on_caller_thread`).
+driven on the caller's thread (`Capabilities.caller_thread`, see `mini.backend`).
 """
 
 from __future__ import annotations

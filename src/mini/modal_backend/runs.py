@@ -22,14 +22,15 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mini import _loop
-from mini.modal_backend.apparatus import readable_name, run_app, token_error
 from mini.modal_backend.options import DEFAULT_MAX_CONTAINERS, DEFAULT_TIMEOUT
+from mini.modal_backend.session import readable_name, run_app, token_error
 from mini.runs.errors import RunError
-from mini.runs.launcher import Launcher, Monitor
+from mini.runs.launcher import Launcher
+from mini.runs.monitor import Monitor
 from mini.runs.state import CallState
 
 if TYPE_CHECKING:
-    from mini.modal_backend.apparatus import _Session
+    from mini.modal_backend.session import Session
     from mini.options import Options
     from mini.runs.registry import CallRecord, RunFolder
     from mini.serialization import Call
@@ -49,7 +50,7 @@ class ModalLauncher(Launcher):
     backend = "modal"
     monitor = "mini.modal_backend.runs:ModalMonitor"
 
-    def __init__(self, session: _Session, name: str, options: Options) -> None:
+    def __init__(self, session: Session, name: str, options: Options) -> None:
         self._session = session
         self._name = name
         self._options = options

@@ -11,7 +11,8 @@ Importing this package stays cheap: no pickling, backend or image code is loaded
 
 from mini.runs.errors import CallCancelled, CallNotFinished, RunError, RunNotFound
 from mini.runs.handles import Job, Run
-from mini.runs.launcher import Launcher, Monitor
+from mini.runs.launcher import Launcher
+from mini.runs.monitor import Monitor
 from mini.runs.state import CallState, Status
 
 __all__ = [

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from mini.runs.errors import CallCancelled, CallNotFinished, RunNotFound
-from mini.runs.launcher import Monitor, load_monitor
+from mini.runs.monitor import Monitor, load_monitor
 from mini.runs.process_identity import is_alive
 from mini.runs.registry import CallRecord, RunFolder, RunRecord, open_run
 from mini.runs.state import CallState, Status, count_statuses, run_status

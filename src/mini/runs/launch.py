@@ -19,13 +19,14 @@ from mini.runs.provenance import function_name, git_state, summarise_arguments
 from mini.runs.registry import CallRecord, RunRecord, new_run_folder, note_launch
 
 if TYPE_CHECKING:
-    from mini.apparatus import Apparatus
+    from mini.runs.launcher import Launcher
 
 R = TypeVar("R")
 
 
 def launch(
-    apparatus: Apparatus,
+    launcher: Launcher,
+    apparatus: str,
     fn: Callable[..., R],
     arg_tuples: Iterable[Iterable[Any]],
     kwargs: Mapping[str, Any] | None,
@@ -36,9 +37,10 @@ def launch(
     settings: Mapping[str, Any] | None = None,
     project_root: Path | None = None,
 ) -> Run[R]:
-    """Record a run of `fn` over `arg_tuples` and start its calls detached on `apparatus`'s backend.
+    """Record a run of `fn` over `arg_tuples` (for the apparatus named `apparatus`) and start its calls
+    detached with `launcher`.
 
-    >>> run = launch(app, train, [(1e-3,), (1e-4,)], {"steps": 100}, kind="spawn_map")
+    >>> run = launch(launcher, "sweep", train, [(1e-3,), (1e-4,)], {"steps": 100}, kind="spawn_map")
 
     `label` replaces the function's name in the record (the CLI records `experiment.sweep:main`, not the
     wrapper that runs it); `backend` and `settings` replace the launcher's, for a run whose calls only drive
@@ -50,7 +52,6 @@ def launch(
     if not callable(fn):
         raise TypeError(f"the function to run must be callable, got {type(fn).__name__}")
     root = (project_root or find_project_root()).resolve()
-    launcher = apparatus._detached_launcher()
     shared = dict(kwargs or {})
     fn_blob = dump_function(fn)
     encoder = ArgumentEncoder(fn)
@@ -68,7 +69,7 @@ def launch(
         id=folder.id,
         kind=kind,
         backend=backend or launcher.backend,
-        apparatus=apparatus.name,
+        apparatus=apparatus,
         function=label or function_name(fn),
         monitor=launcher.monitor,
         created=time.time(),

@@ -16,7 +16,8 @@ import subprocess
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from mini.runs.launcher import Launcher, Monitor
+from mini.runs.launcher import Launcher
+from mini.runs.monitor import Monitor
 from mini.runs.process_identity import identify, is_alive
 from mini.runs.state import CallState
 

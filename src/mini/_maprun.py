@@ -1,0 +1,168 @@
+"""`_MapRun`: one map in progress, with the semantics every backend shares, written once.
+
+Zipping is the API's job (`mini.apparatus`); here: lazy bounded input, ordering, retries, progress and
+cancellation, over the one primitive a backend supplies (`mini.dispatch.Dispatch`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from mini.backend import Backend
+from mini.dispatch import Dispatch
+from mini.errors import ArgumentError
+from mini.options import Options
+from mini.progress import Progress
+from mini.serialization import ArgumentEncoder, Outcome, decode_error, dump_function, loads
+
+
+def values(batch: list[tuple[bool, Any]], return_exceptions: bool) -> Iterator[Any]:
+    """A batch's results; a failure is raised, or yielded in its place with `return_exceptions`."""
+    for ok, value in batch:
+        if not ok and not return_exceptions:
+            raise value
+        yield value
+
+
+class MapRun:
+    """One map in progress, driven from mini's private loop: feeds inputs lazily within the backend's
+    capacity, retries, reorders, and hands back batches of `(ok, value_or_exception)`."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        options: Options,
+        label: str,
+        fn: Callable[..., Any],
+        arg_tuples: Iterator[Any],
+        kwargs: Mapping[str, Any] | None,
+        *,
+        ordered: bool,
+        progress: bool | None,
+        total: int | None = None,
+        lend_buffers: bool = False,
+    ) -> None:
+        if not callable(fn):
+            raise ArgumentError(f"the function to run must be callable, got {type(fn).__name__}")
+        self._backend = backend
+        self._options = options
+        self._label = label
+        self._fn = fn
+        self._inputs = arg_tuples
+        self._kwargs = dict(kwargs or {})
+        self._ordered = ordered
+        self._progress_enabled = progress
+        self._total = total
+        self._progress: Progress | None = None
+        self._encoder = ArgumentEncoder(fn, out_of_band=backend.capabilities.buffers, lend=lend_buffers)
+        self._dispatch: Dispatch | None = None
+        self._counter = itertools.count()
+        self._exhausted = False
+        self._finished = False
+        self._submitted = 0
+        self._consumed = 0
+        self._failed = 0
+        self._done = 0
+        self._next_index = 0
+        self._buffer: dict[int, tuple[bool, Any]] = {}
+        self._payloads: dict[int, Any] = {}
+        self._attempts: dict[int, int] = {}
+        self._closed = False
+        self._retries = 0 if backend.capabilities.retries else (options.retries or 0)
+
+    async def next_batch(self) -> list[tuple[bool, Any]] | None:
+        """The next results in output order, or None when the map is finished."""
+        if self._dispatch is None:
+            self._dispatch = await self._backend.open_dispatch(
+                self._fn, dump_function(self._fn), self._options, ordered=self._ordered
+            )
+            self._progress = Progress(self._label, self._progress_enabled, self._total)
+        while True:
+            self._feed()
+            if self._consumed == self._submitted and self._exhausted:
+                self._show(finished=True)
+                return None
+            ready = self._take_ready()
+            if ready:
+                return ready
+            for outcome in await self._dispatch.outcomes():
+                self._settle(outcome)
+            self._show()
+
+    def _feed(self) -> None:
+        assert self._dispatch is not None
+        room = self._dispatch.capacity() - (self._submitted - self._consumed)
+        calls = []
+        while room > 0 and not self._exhausted:
+            try:
+                item = next(self._inputs)
+            except StopIteration:
+                self._exhausted = True
+                break
+            args = tuple(item)
+            index = next(self._counter)
+            call = self._encoder.encode(index, args, self._kwargs)
+            if self._retries:
+                self._payloads[index] = call.copy()
+            calls.append(call)
+            room -= 1
+        if calls:
+            self._submitted += len(calls)
+            self._dispatch.submit(calls)
+        if self._exhausted and not self._finished:
+            self._finished = True
+            self._dispatch.finish()
+
+    def _settle(self, outcome: Outcome) -> None:
+        index = outcome.index
+        if outcome.ok:
+            value = loads(outcome.data, buffers=outcome.buffers)  # type: ignore[arg-type]
+            self._done += 1
+        else:
+            attempt = self._attempts.get(index, 0)
+            if attempt < self._retries:
+                self._attempts[index] = attempt + 1
+                assert self._dispatch is not None
+                self._dispatch.submit([self._payloads[index].copy()])
+                return
+            value = decode_error(outcome.data)
+            self._failed += 1
+        if self._retries:
+            self._payloads.pop(index, None)
+            self._attempts.pop(index, None)
+        self._buffer[index] = (outcome.ok, value)
+
+    def _take_ready(self) -> list[tuple[bool, Any]]:
+        if not self._ordered:
+            ready = list(self._buffer.values())
+            self._buffer.clear()
+        else:
+            ready = []
+            while self._next_index in self._buffer:
+                ready.append(self._buffer.pop(self._next_index))
+                self._next_index += 1
+        self._consumed += len(ready)
+        return ready
+
+    def _show(self, finished: bool = False) -> None:
+        if self._progress is not None and self._dispatch is not None:
+            self._progress.update(
+                submitted=self._submitted,
+                running=self._dispatch.running(),
+                done=self._done,
+                failed=self._failed,
+                finished=finished,
+            )
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._dispatch is not None:
+                await self._dispatch.aclose()
+        finally:
+            if self._progress is not None:
+                self._progress.close()

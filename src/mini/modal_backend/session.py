@@ -1,0 +1,185 @@
+"""The Modal side of an apparatus: its image spec, images and running apps, and how functions are named.
+
+One `Session` is shared by a `ModalApparatus` and its `.w()` variants. A running Modal app cannot gain
+functions, so each (function, options) pair gets an ephemeral app of its own; all share the images.
+
+>>> session = Session("sweep")
+>>> function = await session.function_for("train-3fa2c1", fn_blob, options)   # starts its app once
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import hashlib
+import math
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mini import _loop
+from mini.errors import ModalAuthError
+from mini.modal_backend import options as modal_options
+from mini.options import Options
+
+if TYPE_CHECKING:
+    from mini.image import ImageSpec
+
+
+# Sessions with a running app, held here so that an apparatus dropped without close() still has its apps
+# stopped at exit; otherwise an ephemeral app lingers (and bills) until Modal notices missing heartbeats.
+_with_running_apps: set[Session] = set()
+
+
+def _stop_apps_at_exit() -> None:
+    # Registered when the first app starts, after modal's own exit hooks (atexit runs in reverse order),
+    # so it runs while both mini's loop and modal's client can still stop the apps.
+    for session in list(_with_running_apps):
+        with contextlib.suppress(Exception):
+            _loop.wait(session.aclose())
+
+
+class Session:
+    """What an apparatus and its variants share: the image spec, images, and the running apps."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._spec: Any = None
+        self._images: dict[int, Any] = {}
+        # One ephemeral app per function (a running app cannot gain functions), each with its exit stack.
+        self._running: dict[str, tuple[Any, contextlib.AsyncExitStack]] = {}
+        self._lock: asyncio.Lock | None = None
+
+    async def function_for(self, name: str, fn_blob: bytes, options: Options) -> Any:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if name not in self._running:
+                stack = contextlib.AsyncExitStack()
+                try:
+                    function = await self._start(name, fn_blob, options, stack)
+                except BaseException:
+                    await stack.aclose()
+                    raise
+                self._running[name] = (function, stack)
+                if not _with_running_apps:
+                    atexit.unregister(_stop_apps_at_exit)
+                    atexit.register(_stop_apps_at_exit)
+                _with_running_apps.add(self)
+            return self._running[name][0]
+
+    async def stop(self, name: str) -> None:
+        """Stop the app running `name`, killing its containers; the next call starts it afresh."""
+        entry = self._running.pop(name, None)
+        if not self._running:
+            _with_running_apps.discard(self)
+        if entry is not None:
+            await entry[1].aclose()
+
+    async def image_spec(self) -> ImageSpec:
+        """The project's image spec, derived once per session (it may run `uv`, so off the loop)."""
+        if self._spec is None:
+            from mini.image import derive_image_spec
+
+            self._spec = await asyncio.get_running_loop().run_in_executor(None, derive_image_spec)
+        return self._spec
+
+    async def new_app(self, name: str, fn_blob: bytes, options: Options) -> tuple[Any, Any]:
+        """A `modal.App` (not running yet) whose one function, `name`, runs `fn_blob` in this session's
+        image under `options`; returns the app and the function."""
+        from mini.tls import ensure_grpc_trusts_system_ca
+
+        ensure_grpc_trusts_system_ca()  # before modal opens its first connection
+        import modal
+
+        from mini.modal_backend.entry import bind
+        from mini.modal_backend.image import build_image
+
+        spec = await self.image_spec()
+        key = id(options.image)
+        if key not in self._images:
+            self._images[key] = build_image(spec, options.image)
+        arguments = modal_options.function_arguments(options)
+        if options.timeout:
+            arguments["timeout"] = max(1, math.ceil(options.timeout))
+        app = modal.App(f"mini-{self._name}")
+        function = app.function(
+            name=name, serialized=True, image=self._images[key], include_source=False, **arguments
+        )(bind(fn_blob))
+        return app, function
+
+    async def _start(
+        self, name: str, fn_blob: bytes, options: Options, stack: contextlib.AsyncExitStack
+    ) -> Any:
+        app, function = await self.new_app(name, fn_blob, options)
+        await run_app(app, options, stack)
+        self.announce(name, options)
+        return function
+
+    def announce(self, name: str, options: Options) -> None:
+        """Note that the session's spec was dispatched, and say so in one line on a terminal."""
+        from mini.image import record_dispatched_spec
+        from mini.image.report import format_summary
+
+        spec = self._spec
+        record_dispatched_spec(spec)
+        if options.progress is None and sys.stderr.isatty():  # progress=True shows Modal's own output
+            print(f"mini: {format_summary(spec)}, function {name}", file=sys.stderr)
+
+    async def aclose(self) -> None:
+        for name in list(self._running):
+            await self.stop(name)
+
+
+async def run_app(app: Any, options: Options, stack: contextlib.AsyncExitStack, detach: bool = False) -> None:
+    """Start `app` inside `stack` (stopped, or left running if `detach`, when the stack closes)."""
+    import modal
+
+    try:
+        if options.progress:
+            await stack.enter_async_context(_output())
+        await stack.enter_async_context(app.run.aio(detach=detach))
+    except modal.exception.AuthError:
+        raise token_error() from None
+
+
+def token_error() -> ModalAuthError:
+    """Modal refused the token: the one fix that applies where Modal found it (Modal's own text suggests
+    `modal token new`, which stores a token that MODAL_TOKEN_ID would still override)."""
+    from mini.auth import config_path, configured_token
+
+    token = configured_token()
+    if token is None:
+        return ModalAuthError("no Modal token is set up. Run `./go auth` to store one.")
+    if os.environ.get("MODAL_TOKEN_ID"):
+        return ModalAuthError(
+            f"Modal rejected the token in MODAL_TOKEN_ID ({token[0]}). Set MODAL_TOKEN_ID and "
+            "MODAL_TOKEN_SECRET to a token from https://modal.com/settings/tokens."
+        )
+    return ModalAuthError(
+        f"Modal rejected the token {token[0]} stored in {config_path()}. Run `./go auth` to store a new one."
+    )
+
+
+@contextlib.asynccontextmanager
+async def _output():
+    import modal
+
+    with modal.enable_output():
+        yield
+
+
+def function_name(fn: Callable[..., Any], fn_blob: bytes, options: Options) -> str:
+    """`train-3fa2c1`: readable on the dashboard, and distinct per function body and options, since Modal
+    lets a later function of the same name replace an earlier one."""
+    return readable_name(getattr(fn, "__name__", "call"), fn_blob, options)
+
+
+def readable_name(base: str, fn_blob: bytes, options: Options) -> str:
+    """`function_name` from the function's name alone (a detached launch has only the pickled function)."""
+    base = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-") or "call"
+    digest = hashlib.sha256(fn_blob + repr(sorted(options.as_dict().items())).encode()).hexdigest()[:6]
+    return f"{base[:40]}-{digest}"
