@@ -16,7 +16,9 @@ pytest_plugins = ["tests.emulator.fixtures"]
 # that they run where only the shipped sources are importable (isolated workers, Modal containers).
 cloudpickle.register_pickle_by_value(tests.behaviour.calls)
 
-BACKENDS = ["thread", "process", "isolated", "modal"]
+BACKENDS = ["thread", "process", "isolated", "modal", "subprocess"]
+# Where a call that kills its process fails alone (in thread mode it takes the caller with it).
+SURVIVES_CRASHES = ["process", "isolated", "modal", "subprocess"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -31,6 +33,10 @@ def app(backend: str, request: pytest.FixtureRequest) -> Iterator[Apparatus]:
 
         request.getfixturevalue("modal_emulator")
         apparatus: Apparatus = ModalApparatus("suite-modal", max_containers=2)
+    elif backend == "subprocess":  # defined in the tests, against mini.backend alone
+        from tests.support.subprocess_backend import SubprocessBackend
+
+        apparatus = Apparatus("suite-subprocess", SubprocessBackend(workers=2))
     else:
         apparatus = LocalApparatus(f"suite-{backend}", workers=2, mode=backend)
     try:

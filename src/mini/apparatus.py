@@ -242,7 +242,8 @@ class Apparatus:
             while (batch := _loop.wait(run.next_batch())) is not None:
                 yield from values(batch, return_exceptions)
         finally:
-            _loop.wait(run.aclose())
+            # `close`, not `wait`: a generator left unfinished may be finalised on mini's loop thread.
+            _loop.close(run.aclose())
 
     async def _iterate_async(
         self,

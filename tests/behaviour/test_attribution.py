@@ -18,6 +18,7 @@ import pytest
 
 from mini import CallTimeoutError, WorkerCrashed
 from tests.behaviour import calls
+from tests.conftest import SURVIVES_CRASHES
 
 # Completion order 0, 2 (its worker dies), 3, 4, 5, 1: input 1 waits for 5, and 5 for the caller to have
 # seen input 2's failure, so input 1 is outstanding from start to end.
@@ -89,7 +90,7 @@ def test_an_unordered_map_raises_the_timeout_of_the_input_that_ran_over(app, tmp
 class TestDeadWorkers:
     """A call that kills its process fails alone, as `WorkerCrashed`, wherever the caller survives it."""
 
-    @pytest.fixture(params=["process", "isolated", "modal"])
+    @pytest.fixture(params=SURVIVES_CRASHES)
     def backend(self, request: pytest.FixtureRequest) -> str:
         return request.param
 
@@ -128,6 +129,7 @@ _THREAD_CRASH = """
 import sys
 from mini import LocalApparatus
 from tests.behaviour import calls
+from tests.conftest import SURVIVES_CRASHES
 
 with LocalApparatus("t", workers=2) as app:
     print(list(app.map(calls.crash_on, range(3), [1] * 3)))
