@@ -24,8 +24,9 @@ from mini.errors import CallTimeoutError, WorkerCrashed
 from mini.options import Options
 from mini.serialization import Call, Outcome
 
-# The child: read (function, payload) from stdin, run it with mini's own call runner, write the outcome to
-# the descriptor it was given as stdout. The user's prints go to stderr so that they cannot corrupt it.
+# The child: read (function, payload) from stdin, say it is ready (a call's timeout counts from then, as a
+# container's does on Modal), run it with mini's own call runner, and write the outcome to the descriptor it
+# was given as stdout. The user's prints go to stderr so that they cannot corrupt it.
 _CHILD = """
 import os, pickle, sys
 answer = os.fdopen(os.dup(1), "wb")
@@ -37,6 +38,8 @@ try:
 except Exception as exc:
     outcome = Outcome(index, False, encode_error(exc))
 else:
+    answer.write(b"R")
+    answer.flush()
     outcome = run_call(fn, Call(index, payload))
 answer.write(pickle.dumps((outcome.ok, outcome.data)))
 answer.flush()
@@ -103,10 +106,14 @@ class _SubprocessDispatch(Dispatch):
             stdout=asyncio.subprocess.PIPE,
             env=self._env,
         )
+        assert process.stdin is not None and process.stdout is not None
         try:
-            message = pickle.dumps((self._fn_blob, call.index, call.payload))
-            answer, _ = await asyncio.wait_for(process.communicate(message), self._timeout)
-            outcome = self._outcome(call, answer, process.returncode)
+            process.stdin.write(pickle.dumps((self._fn_blob, call.index, call.payload)))
+            process.stdin.close()
+            ready = await process.stdout.read(1)
+            answer = ready if ready != b"R" else b""
+            answer += await asyncio.wait_for(process.stdout.read(), self._timeout)
+            outcome = self._outcome(call, answer, await process.wait())
         except asyncio.TimeoutError:
             outcome = Outcome(
                 call.index, False, CallTimeoutError(f"call #{call.index} ran over {self._timeout:g}s")
