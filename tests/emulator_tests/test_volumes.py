@@ -287,6 +287,7 @@ def _peak_memory_kib(pid: int) -> int:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak memory from /proc")
 def test_a_large_file_streams_through_files_not_memory(tmp_path):
     import os
+    import signal
     import subprocess
     import sys
 
@@ -322,8 +323,8 @@ def test_a_large_file_streams_through_files_not_memory(tmp_path):
         assert grown_mib < size / (1 << 20) / 3, f"the emulator's peak memory grew by {grown_mib:.0f} MiB"
         assert _sha256(tmp_path / "copy.bin") == _sha256(big)
     finally:
-        emulator.terminate()
-        emulator.wait(timeout=30)
+        emulator.send_signal(signal.SIGINT)  # it stops the way it documents, removing its files
+        emulator.communicate(timeout=30)
 
 
 def test_the_modal_client_inside_a_container_reaches_the_emulator_as_that_container(modal_emulator):
