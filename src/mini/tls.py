@@ -15,11 +15,11 @@ import os
 import re
 import ssl
 import stat
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from mini.errors import MiniError
+from mini.project import atomic_write
 
 # Environment variables that name a CA bundle, in the order curl, OpenSSL and requests consult them.
 CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
@@ -130,14 +130,7 @@ def _write_bundle(bundle: str) -> Path:
     path = directory / f"ca-bundle-{digest}.pem"
     if path.is_file() and _read(path) == bundle:
         return path
-    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".ca-bundle-", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="ascii") as file:
-            file.write(bundle)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(path, bundle.encode("ascii"))  # owner-only, as every file it writes
     return path
 
 

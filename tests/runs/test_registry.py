@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -22,7 +21,6 @@ from mini.runs.registry import (
     new_run_folder,
     note_launch,
     open_run,
-    write_atomically,
 )
 from mini.runs.state import CallState, run_status
 
@@ -68,9 +66,9 @@ def test_a_writer_killed_mid_write_leaves_the_previous_record_readable(project):
     code = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from mini.runs.registry import write_atomically
+        from mini.project import atomic_write
         os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
-        write_atomically(Path({str(folder.path / "run.json")!r}), b'{{"half": ')
+        atomic_write(Path({str(folder.path / "run.json")!r}), b'{{"half": ')
     """)
     writer = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert writer.returncode == -9
@@ -164,13 +162,6 @@ def test_a_record_edited_into_nonsense_gets_a_clear_error(project):
     (folder.path / "run.json").write_text('{"format": 1, "id": ')
     with pytest.raises(RunError, match="cannot be read"):
         folder.record()
-
-
-def test_write_atomically_replaces_whole_files(tmp_path):
-    path = tmp_path / "f.json"
-    write_atomically(path, json.dumps({"v": 1}).encode())
-    write_atomically(path, json.dumps({"v": 2}).encode())
-    assert json.loads(path.read_text()) == {"v": 2} and [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
 def test_a_reused_pid_is_not_mistaken_for_the_recorded_process():

@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _use_project(folder: str) -> None:
     """Make `folder` the project of everything this command does, and of the processes it starts."""
-    from mini.image.project import find_project_root
+    from mini.project import find_project_root
 
     os.environ["MINI_PROJECT"] = str(Path(folder).expanduser().resolve())
     find_project_root()  # a folder without pyproject.toml is refused now, not half-way through

@@ -22,7 +22,8 @@ from typing import Any
 
 from mini.auth import TokenStatus, configured_token, no_token, server_url, verify_token
 from mini.image import ImageSpecError, derive_image_spec
-from mini.image.project import find_project_root, read_pyproject
+from mini.image.project import read_pyproject
+from mini.project import find_project_root
 from mini.reachability import DEFAULT_TIMEOUT, Reachability, probe_control_plane, without_password
 from mini.tls import CA_BUNDLE_VARIABLES, TrustStoreError, ca_sources, ensure_grpc_trusts_system_ca
 

@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from mini.image.project import find_project_root
-    from mini.runs.registry import list_runs
+    from mini.project import find_project_root
+    from mini.runs.registry import list_runs, runs_dir
 
     root = find_project_root()
     rows = []
@@ -92,7 +92,7 @@ def _ls(args: argparse.Namespace) -> int:
         if len(rows) >= args.limit:
             break
     if not rows:
-        where = root / ".mini" / "runs"
+        where = runs_dir(root)
         if args.app and list_runs(root):
             print(f"no runs on the {args.app} backend in {where}; `mini ls` shows every run.")
         else:
@@ -338,15 +338,15 @@ def detach_experiment(
 
 
 def _open_run(run_id: str | None) -> Run[Any]:
-    from mini.image.project import find_project_root
+    from mini.project import find_project_root
     from mini.runs.errors import RunNotFound
-    from mini.runs.registry import list_runs
+    from mini.runs.registry import list_runs, runs_dir
 
     root = find_project_root()
     if run_id is None:
         folders = list_runs(root)
         if not folders:
-            raise RunNotFound(f"no runs recorded in {root / '.mini' / 'runs'} yet.")
+            raise RunNotFound(f"no runs recorded in {runs_dir(root)} yet.")
         return Run(folders[0])
     return Run.open(run_id.partition("/")[0], root)
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mini.image.cache import state_dir, write_json_atomically
 from mini.image.requirements import requirement_name
 from mini.image.spec import ImageSpec
+from mini.project import state_dir, state_path, write_json
 
 _LAST_SPEC = "last_spec.json"
 
@@ -86,8 +86,8 @@ def record_dispatched_spec(spec: ImageSpec) -> Path:
 
     record_dispatched_spec(derive_image_spec())
     """
-    path = state_dir(spec.project_root) / _LAST_SPEC
-    write_json_atomically(path, spec.to_json())
+    path = state_path(spec.project_root) / _LAST_SPEC
+    write_json(path, spec.to_json())
     return path
 
 
@@ -97,7 +97,7 @@ def load_dispatched_spec(project_root: Path) -> ImageSpec | None:
     previous = load_dispatched_spec(spec.project_root)
     """
     try:
-        data = json.loads((project_root / ".mini" / _LAST_SPEC).read_text())
+        data = json.loads((state_dir(project_root) / _LAST_SPEC).read_text())
         return ImageSpec.from_json(data, project_root)
     except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
         # A missing or unreadable record only means there is nothing to compare against.

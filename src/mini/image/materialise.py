@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mini.image.cache import exclusive_lock, state_dir
 from mini.image.requirements import requirement_name
 from mini.image.sources import shipped_files
 from mini.image.spec import derive_image_spec
 from mini.image.uv_command import run_uv
+from mini.project import exclusive_lock, state_path
 
 # Wheels that only make sense next to an NVIDIA driver: CUDA runtime libraries and CUDA backends of
 # array libraries. Installing them on a CPU-only machine costs gigabytes and gains nothing.
@@ -81,7 +81,7 @@ def materialise_sources(package_dirs: Sequence[Path], dest: Path) -> Path:
 
     Anything already in `dest` is replaced, so a module dropped from the project cannot linger there.
 
-        folder = materialise_sources([root / "src" / "mini"], root / ".mini" / "sources")
+        folder = materialise_sources([root / "src" / "mini"], state_dir(root) / "sources")
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
@@ -108,8 +108,7 @@ def prepare_isolated(project_root: Path | None = None) -> tuple[Path, Path]:
     """
     spec = derive_image_spec(project_root)
     environment = materialise_environment(spec.python_version, spec.requirements)
-    snapshots = state_dir(spec.project_root) / "sources"
-    snapshots.mkdir(exist_ok=True)
+    snapshots = state_path(spec.project_root, "sources")
     sources = snapshots / spec.source_hash
     if not sources.is_dir():
         with exclusive_lock(snapshots / f".{spec.source_hash}.lock"):

@@ -1,12 +1,10 @@
-"""Finding the user's project and reading its `pyproject.toml`.
+"""Reading the project's `pyproject.toml` (finding the project is `mini.project`'s job).
 
-root = find_project_root()          # nearest folder with a pyproject.toml, from the working directory up
-pyproject = read_pyproject(root)
+pyproject = read_pyproject(find_project_root())
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,31 +15,6 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:
     import tomli as tomllib
-
-
-def find_project_root(start: Path | None = None) -> Path:
-    """The nearest folder at or above `start` holding a `pyproject.toml`. Without `start`: the folder
-    `MINI_PROJECT` names (`bin/mini` sets it to its own project), else the working directory's project.
-
-    find_project_root(Path("src/mini"))  # Path("/home/me/mini")
-    """
-    named = os.environ.get("MINI_PROJECT") if start is None else None
-    if named:
-        root = Path(named).expanduser().resolve()
-        if not (root / "pyproject.toml").is_file():
-            raise ProjectNotFoundError(
-                f"MINI_PROJECT names {root}, which holds no pyproject.toml. Point it (or --project) at "
-                "your project's folder."
-            )
-        return root
-    here = (start if start is not None else Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file():
-            return folder
-    raise ProjectNotFoundError(
-        f"no pyproject.toml in {here} or any folder above it. Run mini from inside your project, "
-        "or create one with `uv init --package`."
-    )
 
 
 def read_pyproject(project_root: Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import mini
 from mini.image.cache import export_key, load_export, store_export
-from mini.image.project import find_project_root, read_pyproject
+from mini.image.project import read_pyproject
 from mini.image.requirements import (
     DEFAULT_EXCLUDED_GROUPS,
     export_requirements,
@@ -24,6 +24,7 @@ from mini.image.requirements import (
     select_groups,
 )
 from mini.image.sources import Package, discover_packages, hash_files, source_hash
+from mini.project import find_project_root
 
 BASE_IMAGE = "debian_slim"
 

@@ -17,13 +17,13 @@ import asyncio
 import contextlib
 import functools
 import json
-import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mini import _loop
 from mini.modal_backend.options import DEFAULT_MAX_CONTAINERS, DEFAULT_TIMEOUT
 from mini.modal_backend.session import readable_name, run_app, token_error
+from mini.project import atomic_write
 from mini.runs.errors import RunError
 from mini.runs.launcher import Launcher
 from mini.runs.monitor import Monitor
@@ -130,12 +130,9 @@ async def _spawn_all(
 
 def _note_spawned(run: RunFolder, index: int, call_id: str) -> None:
     # The record gets every id once all are spawned; until then, this file lets any process find (and
-    # cancel) a call whose launcher was killed mid-launch. Renamed into place but not fsynced, so that a
-    # sweep of thousands is not slowed down: it has to survive the process, not a power cut.
-    path = run.call_dir(index) / _CALL_ID_FILE
-    partial = path.with_name(f".{_CALL_ID_FILE}.partial")
-    partial.write_text(call_id)
-    os.replace(partial, path)
+    # cancel) a call whose launcher was killed mid-launch. Not synced to disk, so that a sweep of thousands
+    # is not slowed down: it has to survive the process, not a power cut.
+    atomic_write(run.call_dir(index) / _CALL_ID_FILE, call_id.encode(), durable=False)
 
 
 class ModalMonitor(Monitor):

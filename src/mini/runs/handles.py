@@ -255,6 +255,6 @@ def _launcher_alive(record: RunRecord) -> bool:
 def _root(project_root: Path | None) -> Path:
     if project_root is not None:
         return project_root.resolve()
-    from mini.image.project import find_project_root
+    from mini.project import find_project_root
 
     return find_project_root()

@@ -46,7 +46,7 @@ def launch(
     wrapper that runs it); `backend` and `settings` replace the launcher's, for a run whose calls only drive
     work elsewhere (a detached experiment on Modal is driven from a local process: a Modal run).
     """
-    from mini.image.project import find_project_root
+    from mini.project import find_project_root
     from mini.serialization import ArgumentEncoder, dump_function
 
     if not callable(fn):

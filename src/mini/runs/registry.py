@@ -18,12 +18,12 @@ import contextlib
 import json
 import os
 import secrets
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mini.project import atomic_write, read_json, state_path
 from mini.runs.errors import RunError, RunNotFound
 
 if TYPE_CHECKING:
@@ -74,29 +74,8 @@ class RunRecord:
         return cls(**fields)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` whole: readers see the old content or the new, never a mix.
-
-    >>> write_atomically(folder / "run.json", b"{...}")
-    """
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())  # the rename must not reach the disk before the data does
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
 def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
+    return read_json(path)
 
 
 class RunFolder:
@@ -128,11 +107,11 @@ class RunFolder:
             ) from None
 
     def write_record(self, record: RunRecord) -> None:
-        write_atomically(self.path / _RECORD, json.dumps(record.to_json(), indent=1).encode())
+        atomic_write(self.path / _RECORD, json.dumps(record.to_json(), indent=1).encode())
 
     def write_file(self, name: str, data: bytes) -> None:
         """A run-level file a backend keeps next to the record (e.g. its scheduler's identity)."""
-        write_atomically(self.path / name, data)
+        atomic_write(self.path / name, data)
 
     def read_json(self, name: str) -> dict[str, Any] | None:
         return _read_json(self.path / name)
@@ -143,7 +122,7 @@ class RunFolder:
         return self.path / "calls" / str(index)
 
     def write_call_file(self, index: int, name: str, data: bytes) -> None:
-        write_atomically(self.call_dir(index) / name, data)
+        atomic_write(self.call_dir(index) / name, data)
 
     def read_call_json(self, index: int, name: str) -> dict[str, Any] | None:
         return _read_json(self.call_dir(index) / name)
@@ -191,7 +170,7 @@ class RunFolder:
 
 def runs_dir(project_root: Path) -> Path:
     """`<project>/.mini/runs`, where this checkout's runs are recorded (it may not exist yet)."""
-    return project_root / ".mini" / "runs"
+    return state_path(project_root, "runs", create=False)
 
 
 def new_run_folder(project_root: Path, now: float | None = None) -> RunFolder:
@@ -199,10 +178,7 @@ def new_run_folder(project_root: Path, now: float | None = None) -> RunFolder:
 
     Ids sort by launch time and read well in a shell: `20261123-170102-a3f9`.
     """
-    from mini.image.cache import state_dir
-
-    parent = state_dir(project_root) / "runs"
-    parent.mkdir(exist_ok=True)
+    parent = state_path(project_root, "runs")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     while True:
         path = parent / f"{stamp}-{secrets.token_hex(2)}"
