@@ -24,6 +24,7 @@ from typing import Any
 import cloudpickle
 
 from mini.errors import RemoteError, RemoteTraceback, SerializationError
+from mini.runtime import CallContext, calling
 
 PROTOCOL = 5
 # Smaller buffers stay inside the pickle: a separate frame costs more than copying them.
@@ -249,15 +250,20 @@ def _pickles_by_reference(fn: types.FunctionType, blob: bytes) -> bool:
 
 
 def run_call(
-    fn: Callable[..., Any], call: Call, out_of_band: bool = False, shared_memory: bool = False
+    fn: Callable[..., Any],
+    call: Call,
+    out_of_band: bool = False,
+    shared_memory: bool = False,
+    context: CallContext | None = None,
 ) -> Outcome:
     """Run one call where the work happens (a thread, a worker process, a container).
 
     `out_of_band`: large result buffers go to `Outcome.buffers`. `shared_memory`: the caller lives in this
     process (a thread), so result buffers are copied to keep the callee's later changes its own (argument
-    buffers are the call's own snapshot already, see `ArgumentEncoder` and `Call.copy`).
+    buffers are the call's own snapshot already, see `ArgumentEncoder` and `Call.copy`). `context`: what the
+    callee sees as `mini.runtime.current()` while it runs.
 
-    >>> outcome = run_call(fn, call, out_of_band=True)
+    >>> outcome = run_call(fn, call, out_of_band=True, context=CallContext(call.index, "local"))
     """
     try:
         args, kwargs = loads(call.payload, buffers=call.buffers)
@@ -265,7 +271,7 @@ def run_call(
         raise
     except BaseException as exc:
         return Outcome(call.index, False, encode_error(exc))
-    return invoke(fn, call.index, args, kwargs, out_of_band, shared_memory)
+    return invoke(fn, call.index, args, kwargs, out_of_band, shared_memory, context)
 
 
 def invoke(
@@ -275,11 +281,16 @@ def invoke(
     kwargs: dict[str, Any],
     out_of_band: bool = False,
     shared_memory: bool = False,
+    context: CallContext | None = None,
 ) -> Outcome:
     """`fn(*args, **kwargs)` with its result or error encoded, for arguments already unpickled (see
     `run_call`, which also unpickles them)."""
     try:
-        result = fn(*args, **kwargs)
+        if context is None:
+            result = fn(*args, **kwargs)
+        else:
+            with calling(context):
+                result = fn(*args, **kwargs)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # SystemExit from user code is a failed call, not our exit

@@ -137,3 +137,22 @@ def test_large_results_are_writable_and_independent(app):
     first, second = app.map(calls.ones, [BIG, BIG])
     first[0] = 5.0
     assert second[0] == 1.0 and first.flags.writeable
+
+
+KINDS = {
+    "thread": "local",
+    "process": "local",
+    "isolated": "local",
+    "modal": "modal",
+    "subprocess": "subprocess",
+}
+
+
+def test_a_call_knows_it_is_in_a_call_and_where(app, backend):
+    from mini.runtime import current
+
+    seen = list(app.map(calls.where_am_i, range(3)))
+    assert {kind for _, kind in seen} == {KINDS[backend]}
+    # Modal does not tell a container the input's position; its caller knows each input by its id.
+    assert [index for index, _ in seen] == ([None] * 3 if backend == "modal" else [0, 1, 2])
+    assert current() is None  # and outside any call there is none

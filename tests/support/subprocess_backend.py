@@ -31,6 +31,7 @@ _CHILD = """
 import os, pickle, sys
 answer = os.fdopen(os.dup(1), "wb")
 os.dup2(2, 1)
+from mini.runtime import CallContext
 from mini.serialization import Call, Outcome, encode_error, loads, run_call
 fn_blob, index, payload = pickle.load(sys.stdin.buffer)
 try:
@@ -40,7 +41,7 @@ except Exception as exc:
 else:
     answer.write(b"R")
     answer.flush()
-    outcome = run_call(fn, Call(index, payload))
+    outcome = run_call(fn, Call(index, payload), context=CallContext(index, "subprocess"))
 answer.write(pickle.dumps((outcome.ok, outcome.data)))
 answer.flush()
 """

@@ -76,6 +76,7 @@ def _explaining(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _serve(sock: socket.socket, isolated: bool) -> None:
     try:
+        from mini.runtime import LOCAL, CallContext
         from mini.serialization import Call, encode_error, fresh_buffer, loads, run_call
     except BaseException:
         _framing.send(sock, ("failed", traceback.format_exc()))
@@ -100,7 +101,12 @@ def _serve(sock: socket.socket, isolated: bool) -> None:
             continue
         with applied(env):
             outcomes = [
-                run_call(fn, Call(index, payload, buffers), out_of_band=True)  # type: ignore[arg-type]
+                run_call(
+                    fn,  # type: ignore[arg-type]
+                    Call(index, payload, buffers),
+                    out_of_band=True,
+                    context=CallContext(index, LOCAL),
+                )
                 for index, payload, buffers in calls
             ]
         elapsed = time.perf_counter() - started

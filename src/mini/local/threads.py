@@ -20,6 +20,7 @@ from mini.dispatch import Dispatch
 from mini.errors import CallTimeoutError
 from mini.local._environ import applied
 from mini.options import Options
+from mini.runtime import LOCAL, CallContext
 from mini.serialization import Call, Outcome, loads, run_call
 
 
@@ -108,7 +109,8 @@ class _ThreadDispatch(Dispatch):
         if self._timeout is not None:
             self._event.set_later(self._timeout)
         with applied(self._env):
-            outcome = run_call(self._fn, call, out_of_band=True, shared_memory=True)
+            context = CallContext(call.index, LOCAL)
+            outcome = run_call(self._fn, call, out_of_band=True, shared_memory=True, context=context)
         with self._lock:
             self._started.pop(call.index, None)
             if call.index in self._abandoned:

@@ -13,7 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mini.runtime import MODAL, CallContext
 from mini.serialization import encode_error, invoke, loads
+
+# The container does not learn the input's position in the map; the caller knows each input by its id.
+_IN_A_CONTAINER = CallContext(None, MODAL)
 
 _functions: dict[bytes, Callable[..., Any]] = {}
 
@@ -39,7 +43,7 @@ def run(fn_blob: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         except Exception as exc:  # e.g. its module is not shipped: the call's error, as mini encodes it
             raise CallFailed(encode_error(exc)) from None
     # The position in the map is the output's `idx`, known to the client; the entry does not need it.
-    outcome = invoke(fn, -1, args, kwargs)
+    outcome = invoke(fn, -1, args, kwargs, context=_IN_A_CONTAINER)
     if not outcome.ok:  # raised, not returned, so Modal's retry policy sees the failure
         raise CallFailed(outcome.data)  # type: ignore[arg-type]
     return outcome.data  # type: ignore[return-value]

@@ -21,6 +21,7 @@ from mini.runs.registry import RunFolder
 
 def _run(folder: RunFolder, index: int, timeout: float | None, retries: int) -> int:
     from mini.errors import CallTimeoutError
+    from mini.runtime import LOCAL, CallContext
     from mini.serialization import Call, Outcome, decode_error, encode_error, loads, run_call
 
     try:
@@ -55,7 +56,7 @@ def _run(folder: RunFolder, index: int, timeout: float | None, retries: int) -> 
     with recording(folder, index):  # the calls this one makes, for `mini status` (an experiment's maps)
         while True:
             attempts += 1
-            outcome = run_call(fn, call)
+            outcome = run_call(fn, call, context=CallContext(index, LOCAL))
             if outcome.ok:
                 break
             _report(decode_error(outcome.data))
