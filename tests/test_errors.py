@@ -13,11 +13,12 @@ from mini import LocalApparatus, MiniError, OptionError
 from mini.errors import ArgumentError, RemoteTraceback
 from mini.modal_backend._invocation import OutputExpired
 from mini.modal_backend.entry import CallFailed
+from mini.runtime import StreamStopped
 
 # Exceptions that never reach user code: the text of a remote traceback (shown as an exception's cause), a
 # user's error on its way out of a Modal container (raised there so that Modal's retries apply), and a
 # detached Modal call's expired output (caught where it is raised, in the run monitor).
-NEVER_REACH_USERS = {RemoteTraceback, CallFailed, OutputExpired}
+NEVER_REACH_USERS = {RemoteTraceback, CallFailed, OutputExpired, StreamStopped}
 
 
 def mini_exception_classes() -> list[type[BaseException]]:

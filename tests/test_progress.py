@@ -92,11 +92,12 @@ def shout(x: int) -> int:
 
 
 def test_what_worker_processes_print_goes_through_this_processs_own_streams(capsys):
-    # Where a progress bar (or a notebook) has taken sys.stdout over, the calls' lines must go there too.
+    # Where a progress bar (or a notebook) has taken sys.stdout over, the calls' lines must go there too,
+    # each with the index of the call that printed it.
     with LocalApparatus("echo", workers=2, mode="process") as app:
         assert list(app.map(shout, range(3))) == [0, 1, 2]
     printed = capsys.readouterr().out
-    assert {f"line from call {x}" for x in range(3)} <= set(printed.splitlines())
+    assert {f"[{x}] line from call {x}" for x in range(3)} <= set(printed.splitlines())
 
 
 EXPERIMENT = """
@@ -122,9 +123,12 @@ def test_the_lines_calls_print_appear_above_the_bar_on_a_terminal(tmp_path, mode
     colourless = re.sub(r"\x1b\[[0-9;]*m", "", screen)
     lines = [line for line in re.split(r"[\r\n]", colourless) if "line from call" in line]
     assert len(lines) >= 12
+    # Worker processes' lines carry the index of the call that printed them (thread mode's are the caller's
+    # own prints).
+    prefix = r"\[\d+\] " if mode == "process" else ""
     for line in lines:
         # Each starts a line of its own (rich erases the bar's line first); none follows the bar's text.
-        assert re.fullmatch(r"(\x1b\[2K)?line from call \d+", line), repr(line)
+        assert re.fullmatch(rf"(\x1b\[2K)?{prefix}line from call \d+", line), repr(line)
 
 
 def run_on_a_terminal(command: list[str], cwd: Path) -> str:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from mini.local.apparatus import LocalApparatus
     from mini.modal_backend import ModalApparatus
     from mini.options import Options
+    from mini.reports import Placement, Report, report
     from mini.runs import Job, Run
 
 __all__ = [
@@ -39,10 +40,13 @@ __all__ = [
     "ModalAuthError",
     "OptionError",
     "Options",
+    "Placement",
     "RemoteError",
+    "Report",
     "Run",
     "SerializationError",
     "WorkerCrashed",
+    "report",
 ]
 
 _WHERE = {
@@ -51,6 +55,9 @@ _WHERE = {
     "ModalApparatus": "mini.modal_backend",
     "ModalAuthError": "mini.errors",
     "Options": "mini.options",
+    "Placement": "mini.reports",
+    "Report": "mini.reports",
+    "report": "mini.reports",
     "Job": "mini.runs",
     "Run": "mini.runs",
     "CallTimeoutError": "mini.errors",

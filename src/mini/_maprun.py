@@ -6,12 +6,16 @@ cancellation, over the one primitive a backend supplies (`mini.dispatch.Dispatch
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from mini._batching import batching_dispatch, check_batchable
+from mini._observe import CallObserver
 from mini.backend import Backend
-from mini.dispatch import Dispatch
+from mini.dispatch import CallEvent, Dispatch
 from mini.errors import ArgumentError
 from mini.options import Options
 from mini.progress import Progress
@@ -46,6 +50,11 @@ class MapRun:
     ) -> None:
         if not callable(fn):
             raise ArgumentError(f"the function to run must be callable, got {type(fn).__name__}")
+        if _yields(fn):
+            raise ArgumentError(
+                f"{getattr(fn, '__qualname__', fn)} is a generator function: its values are read with "
+                "app.stream(fn, ...) (or astream), not run or map."
+            )
         self._backend = backend
         self._options = options
         self._label = label
@@ -56,7 +65,13 @@ class MapRun:
         self._progress_enabled = progress
         self._total = total
         self._progress: Progress | None = None
-        self._encoder = ArgumentEncoder(fn, out_of_band=backend.capabilities.buffers, lend=lend_buffers)
+        self._observer = CallObserver(options.on_report)
+        self._batched = bool(options.max_batch_size) and not backend.capabilities.batching
+        if options.max_batch_size:
+            check_batchable(fn, self._kwargs)
+        # A batch carries its inputs' pickles whole: no buffers beside them.
+        out_of_band = backend.capabilities.buffers and not self._batched
+        self._encoder = ArgumentEncoder(fn, out_of_band=out_of_band, lend=lend_buffers)
         self._dispatch: Dispatch | None = None
         self._counter = itertools.count()
         self._exhausted = False
@@ -75,9 +90,13 @@ class MapRun:
     async def next_batch(self) -> list[tuple[bool, Any]] | None:
         """The next results in output order, or None when the map is finished."""
         if self._dispatch is None:
-            self._dispatch = await self._backend.open_dispatch(
-                self._fn, dump_function(self._fn), self._options, ordered=self._ordered
-            )
+            fn_blob = dump_function(self._fn)
+            if self._batched:
+                self._dispatch = await batching_dispatch(self._backend, self._fn, fn_blob, self._options)
+            else:
+                self._dispatch = await self._backend.open_dispatch(
+                    self._fn, fn_blob, self._options, ordered=self._ordered
+                )
             self._progress = Progress(self._label, self._progress_enabled, self._total)
         while True:
             self._feed()
@@ -86,9 +105,13 @@ class MapRun:
                 return None
             ready = self._take_ready()
             if ready:
+                await self._observer.caught_up()  # the reports of these calls reach on_report first
                 return ready
-            for outcome in await self._dispatch.outcomes():
-                self._settle(outcome)
+            for arrived in await self._dispatch.outcomes():
+                if type(arrived) is CallEvent:
+                    self._observer.observe(arrived, self._attempts.get(arrived.index, 0) + 1)
+                else:
+                    self._settle(arrived)  # type: ignore[arg-type]
             self._show()
 
     def _feed(self) -> None:
@@ -117,6 +140,7 @@ class MapRun:
 
     def _settle(self, outcome: Outcome) -> None:
         index = outcome.index
+        self._observer.settled(index)
         if outcome.ok:
             value = loads(outcome.data, buffers=outcome.buffers)  # type: ignore[arg-type]
             self._done += 1
@@ -164,5 +188,78 @@ class MapRun:
             if self._dispatch is not None:
                 await self._dispatch.aclose()
         finally:
+            self._observer.close()
             if self._progress is not None:
                 self._progress.close()
+
+
+class StreamRun:
+    """One call of a generator function in progress: the values it yields, in order, as they come (its
+    reports and lines go where a map's go). Retries do not apply: values already read cannot be taken back.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        options: Options,
+        label: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        if not _yields(fn):
+            raise ArgumentError(
+                f"{getattr(fn, '__qualname__', fn)} is not a generator function (it has no `yield`): "
+                "run it with app.run(fn, ...) instead of stream."
+            )
+        self._backend = backend
+        self._options = options
+        self._label = label
+        self._fn = fn
+        self._call = ArgumentEncoder(fn, out_of_band=backend.capabilities.buffers).encode(
+            0, args, dict(kwargs)
+        )
+        self._dispatch: Dispatch | None = None
+        self._observer = CallObserver(options.on_report)
+        self._ended = False
+
+    async def next_values(self) -> list[Any] | None:
+        """The values yielded since the last look (at least one), or None once the generator has returned;
+        raises what the generator raised."""
+        if self._dispatch is None:
+            fn_blob = dump_function(self._fn)
+            self._dispatch = await self._backend.open_dispatch(self._fn, fn_blob, self._options, ordered=True)
+            self._dispatch.submit([self._call])
+            self._dispatch.finish()
+        while not self._ended:
+            found: list[Any] = []
+            for arrived in await self._dispatch.outcomes():
+                if type(arrived) is not CallEvent:
+                    self._ended = True
+                    outcome: Outcome = arrived  # type: ignore[assignment]
+                    if not outcome.ok:
+                        raise decode_error(outcome.data)
+                elif arrived.kind == "item":
+                    found.append(loads(arrived.data))
+                else:
+                    self._observer.observe(arrived)
+            await self._observer.caught_up()
+            if found:
+                self._dispatch.consumed(0, len(found))
+                return found
+        return None
+
+    async def aclose(self) -> None:
+        try:
+            if self._dispatch is not None:
+                await self._dispatch.aclose()
+        finally:
+            self._observer.close()
+
+
+def _yields(fn: Callable[..., Any]) -> bool:
+    """Whether calling `fn` gives a generator (sync or async), seen through partials and decorators."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = inspect.unwrap(fn)
+    return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)

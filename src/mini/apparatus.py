@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from mini import _loop
-from mini._maprun import MapRun, values
+from mini._maprun import MapRun, StreamRun, values
 from mini.backend import Backend
 from mini.errors import ArgumentError
 from mini.options import Options
@@ -132,7 +132,8 @@ class Apparatus:
         0.0421
         """
         capabilities = self.backend.capabilities
-        if capabilities.caller_thread:
+        # A batched call waits for others, from other threads: it needs mini's loop.
+        if capabilities.caller_thread and not self.options.max_batch_size:
             return _loop.drive(self._run_one(fn, args, kwargs))
         # The caller waits for the call to end, so where callees cannot write to its memory, argument
         # buffers can be sent from there rather than from a snapshot (one copy of a large array fewer).
@@ -177,6 +178,38 @@ class Apparatus:
         return self._iterate_sync(
             fn, iter(iterable), kwargs, order_outputs, return_exceptions, _length(iterable)
         )
+
+    # ----- generators -------------------------------------------------------------------------------
+
+    def stream(self, fn: Callable[..., Iterator[R]], *args: Any, **kwargs: Any) -> Iterator[R]:
+        """Call a generator function and yield its values as it produces them, where it runs.
+
+        >>> for token in app.stream(generate, prompt="Once upon a time"):
+        ...     print(token, end="")
+
+        Leaving the loop early stops the generator (at its next `yield`). An `async def` generator works
+        too; `astream` is the async twin.
+        """
+        run = StreamRun(self.backend, self.options, self.name, fn, args, kwargs)
+        try:
+            while (found := _loop.wait(run.next_values())) is not None:
+                yield from found
+        finally:
+            _loop.close(run.aclose())
+
+    async def astream(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """Like `stream`, as an async iterator.
+
+        >>> async for token in app.astream(generate, prompt="Once upon a time"):
+        ...     print(token, end="")
+        """
+        run = StreamRun(self.backend, self.options, self.name, fn, args, kwargs)
+        try:
+            while (found := await _loop.wrap(run.next_values())) is not None:
+                for value in found:
+                    yield value
+        finally:
+            await _loop.wrap(run.aclose())
 
     # ----- detached runs -----------------------------------------------------------------------------
 

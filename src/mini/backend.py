@@ -49,6 +49,9 @@ class Capabilities:
     caller_thread: bool = False
     """A single `run` may be driven on the caller's thread (`mini._loop.drive`): only for a dispatch that
     waits on nothing but `mini._loop.Signal`s."""
+    batching: bool = False
+    """It forms batches itself (`max_batch_size`, `batch_wait_ms`), from single inputs; otherwise the base
+    forms them (`mini._batching`) and the backend runs one call per batch."""
 
 
 class Backend(ABC):

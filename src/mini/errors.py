@@ -62,6 +62,10 @@ class NotSupportedError(MiniError, NotImplementedError):
     """The backend cannot do what was asked (for example detached runs on a backend without a launcher)."""
 
 
+class BatchError(MiniError, ValueError):
+    """A batched function's result does not fit its batch (not a list with one result per input)."""
+
+
 class BackendError(MiniError):
     """The backend itself failed while running calls (a lost connection, a stopped app), not a call."""
 

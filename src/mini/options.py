@@ -7,7 +7,7 @@ such as `gpus=` never passes silently.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -31,6 +31,10 @@ class Options:
     region: str | list[str] | None = None
     startup_timeout: float | None = None
     progress: bool | None = None
+    on_report: Callable[[Any], None] | None = None
+    concurrent_inputs: int | None = None
+    max_batch_size: int | None = None
+    batch_wait_ms: float | None = None
 
     def merged(self, changes: Mapping[str, Any]) -> Options:
         """A copy with `changes` applied on top, after checking names and values."""
@@ -42,6 +46,15 @@ class Options:
     def as_dict(self) -> dict[str, Any]:
         """The options that are set, by name."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def where_calls_run(self) -> dict[str, Any]:
+        """The options that are set and matter where calls run (not the caller's own, such as `progress`
+        or `on_report`): what makes two functions on a remote backend different."""
+        return {name: value for name, value in self.as_dict().items() if name not in CALLER_SIDE}
+
+
+# Options that only change what the caller sees or does, never how a call runs.
+CALLER_SIDE = frozenset({"progress", "on_report", "startup_timeout"})
 
 
 NAMES = frozenset(f.name for f in fields(Options))
@@ -100,6 +113,18 @@ def _flag(name: str, value: Any) -> bool:
     return value
 
 
+def _callable(name: str, value: Any) -> Callable[[Any], None]:
+    if not callable(value):
+        raise OptionError(f"option {name}={value!r} must be a function taking one argument (a mini.Report).")
+    return value
+
+
+def _non_negative_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise OptionError(f"option {name}={value!r} must be a number >= 0.")
+    return value
+
+
 def _secrets(name: str, value: Any) -> tuple[Any, ...]:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
@@ -111,6 +136,10 @@ _CHECKERS = {
     "retries": _non_negative_int,
     "memory": _positive_int,
     "max_containers": _positive_int,
+    "concurrent_inputs": _positive_int,
+    "max_batch_size": _positive_int,
+    "batch_wait_ms": _non_negative_number,
+    "on_report": _callable,
     "env": _env,
     "gpu": _gpu,
     "progress": _flag,

@@ -1,35 +1,60 @@
-"""The callee's side: what code running inside a call can ask about the call it is in.
+"""The callee's side: what code running inside a call can ask about the call it is in, and how a call's
+events (its reports, its printed lines, a generator's values) leave it.
 
-Every backend's worker or container entry runs a call inside `calling(CallContext(...))`; the functions
-that experiment code calls from inside a call (`mini.report`, `Volume.path`, ...) look the context up with
-`current()`. Outside a call, `current()` is None. The context is a `contextvars` variable, so threads and
-asyncio tasks each see their own call.
+Every backend's worker or container entry runs a call with a `CallContext` (`run_call(..., context=...)`
+sets it for the call's duration); `mini.report`, `Volume.path` and the like look it up with `current()`,
+which is None outside a call. The context is a `contextvars` variable, so threads and asyncio tasks each
+see their own call.
 
-    outcome = run_call(fn, call, context=CallContext(index=3, backend="local"))   # calling() inside
+    outcome = run_call(fn, call, context=CallContext(index=3, backend="local", events=sink))
 
-Only the stdlib and mini's own light modules are imported here: worker processes load it before the
-user's code.
+The backend supplies the `EventSink`: it must never block the callee for a report or a line (it buffers,
+coalesces or drops), and it may block a generator until its consumer wants more (`item`).
+
+Only the stdlib is imported here: worker processes load it before the user's code.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
-from collections.abc import Iterator
+import threading
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+LOCAL = "local"
+MODAL = "modal"
+
+T = TypeVar("T")
+
+
+class StreamStopped(Exception):
+    """The consumer of a generator call has stopped reading: the generator is closed at its next yield."""
+
+
+class EventSink(Protocol):
+    """Where a backend takes a running call's events."""
+
+    def emit(self, index: int | None, kind: str, data: Any) -> None:
+        """Pass on `data` of kind "report", "output" or "started"; never blocks, never raises."""
+
+    def item(self, index: int | None, data: bytes) -> None:
+        """Pass on one value (pickled) a generator call yielded; may wait until the consumer wants more,
+        and raises `StreamStopped` once it wants no more."""
 
 
 @dataclass(frozen=True)
 class CallContext:
     """Where a call is running: its position in the map (None where the backend does not tell the callee,
-    as on Modal, whose caller knows each input by its id), and the backend's kind ("local", "modal")."""
+    as on Modal, whose caller knows each input by its id), the backend's kind ("local", "modal"), and
+    where its events go (None: nowhere, e.g. a detached call that keeps no reports)."""
 
     index: int | None
     backend: str
+    events: EventSink | None = None
 
-
-LOCAL = "local"
-MODAL = "modal"
 
 _current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("mini_call", default=None)
 
@@ -47,3 +72,40 @@ def calling(context: CallContext) -> Iterator[CallContext]:
         yield context
     finally:
         _current.reset(token)
+
+
+# ----- the worker's event loop, for `async def` functions ----------------------------------------------
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def worker_loop() -> asyncio.AbstractEventLoop:
+    """The event loop every `async def` call of this process runs on (one per worker, started on first use),
+    so that module-level async clients made by one call keep working in the next."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="mini-calls", daemon=True).start()
+        return _loop
+
+
+def wait_for(awaitable: Awaitable[T]) -> T:
+    """Run `awaitable` on the worker's loop, in the context of the calling thread's call, and wait for it."""
+    context = contextvars.copy_context()
+
+    async def inside() -> T:
+        return await awaitable
+
+    future = asyncio.run_coroutine_threadsafe(_in(context, inside), worker_loop())
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()
+        raise
+
+
+async def _in(context: contextvars.Context, make: Any) -> Any:
+    # A task copies the context current when it is created: create it inside the call's context.
+    return await context.run(asyncio.ensure_future, make())

@@ -24,7 +24,7 @@ from typing import Any
 import cloudpickle
 
 from mini.errors import RemoteError, RemoteTraceback, SerializationError
-from mini.runtime import CallContext, calling
+from mini.runtime import CallContext, StreamStopped, calling, wait_for
 
 PROTOCOL = 5
 # Smaller buffers stay inside the pickle: a separate frame costs more than copying them.
@@ -284,13 +284,14 @@ def invoke(
     context: CallContext | None = None,
 ) -> Outcome:
     """`fn(*args, **kwargs)` with its result or error encoded, for arguments already unpickled (see
-    `run_call`, which also unpickles them)."""
+    `run_call`, which also unpickles them). An `async def` function is awaited on the worker's event loop;
+    a generator's values go one by one to the context's event sink, and the call's result is None."""
     try:
         if context is None:
-            result = fn(*args, **kwargs)
+            result = _settled(fn(*args, **kwargs), None)
         else:
             with calling(context):
-                result = fn(*args, **kwargs)
+                result = _settled(fn(*args, **kwargs), context)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # SystemExit from user code is a failed call, not our exit
@@ -306,6 +307,34 @@ def invoke(
             "Return plain data (numbers, lists, dicts, arrays) instead."
         )
         return Outcome(index, False, encode_error(error))
+
+
+def _settled(result: Any, context: CallContext | None) -> Any:
+    """The value a call's return stands for: an awaitable awaited, a generator drained into the context's
+    event sink (the caller reads it as a stream)."""
+    if inspect.isawaitable(result):
+        return wait_for(result)
+    if not (inspect.isgenerator(result) or inspect.isasyncgen(result)):
+        return result
+    sink = context.events if context is not None else None
+    if sink is None:
+        result.close() if inspect.isgenerator(result) else wait_for(result.aclose())
+        raise TypeError("a generator function's values can only be read with app.stream(fn, ...)")
+    index = context.index if context is not None else None
+    try:
+        if inspect.isgenerator(result):
+            for value in result:
+                sink.item(index, dump_result(value))
+        else:
+            while True:
+                try:
+                    value = wait_for(result.__anext__())
+                except StopAsyncIteration:
+                    break
+                sink.item(index, dump_result(value))
+    except StreamStopped:
+        result.close() if inspect.isgenerator(result) else wait_for(result.aclose())
+    return None
 
 
 def encode_error(exc: BaseException) -> bytes:

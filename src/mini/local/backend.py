@@ -44,16 +44,18 @@ class LocalBackend(Backend):
         # Threads wait only on mini Signals and share the caller's memory; worker processes are another
         # address space. Every local mode moves large buffers out-of-band.
         self.capabilities = Capabilities(buffers=True, own_memory=not threads, caller_thread=threads)
-        self._threads: ThreadPool | None = None
-        self._processes: ProcessPool | None = None
+        # One pool per `concurrent_inputs` setting, so that a worker never mixes the two kinds of work.
+        self._threads: dict[int, ThreadPool] = {}
+        self._processes: dict[int, ProcessPool] = {}
 
     async def open_dispatch(
         self, fn: Callable[..., Any], fn_blob: bytes, options: Options, *, ordered: bool
     ) -> Dispatch:
         # Ordering is the base's job here; outcomes are handed over as they complete.
+        concurrent = options.concurrent_inputs or 1
         if self.mode == "thread":
-            return open_thread_dispatch(self._thread_pool(), fn_blob, options)
-        return open_process_dispatch(await self._process_pool(), fn_blob, options)
+            return open_thread_dispatch(self._thread_pool(concurrent), fn_blob, options)
+        return open_process_dispatch(await self._process_pool(concurrent), fn_blob, options)
 
     def launcher(self, name: str, options: Options) -> Launcher:
         # Detached calls must outlive this process, so each gets its own process whatever the mode;
@@ -69,26 +71,28 @@ class LocalBackend(Backend):
         return LocalLauncher(command, self.workers, options, self.mode)
 
     def close(self) -> None:
-        if self._threads is not None:
-            self._threads.close()
-        pool, self._processes = self._processes, None
-        if pool is not None:
-            _loop.close(pool.aclose())
+        threads, self._threads = self._threads, {}
+        for pool in threads.values():
+            pool.close()
+        processes, self._processes = self._processes, {}
+        for process_pool in processes.values():
+            _loop.close(process_pool.aclose())
 
     def describe(self) -> dict[str, Any]:
         return {"workers": self.workers, "mode": self.mode}
 
-    def _thread_pool(self) -> ThreadPool:
-        if self._threads is None:
-            self._threads = ThreadPool(self.workers, self.name)
-        return self._threads
+    def _thread_pool(self, concurrent: int) -> ThreadPool:
+        # Thread mode has no worker processes: `concurrent_inputs` gives each worker that many threads.
+        if concurrent not in self._threads:
+            self._threads[concurrent] = ThreadPool(self.workers * concurrent, self.name)
+        return self._threads[concurrent]
 
-    async def _process_pool(self) -> ProcessPool:
-        if self._processes is None:
+    async def _process_pool(self, concurrent: int) -> ProcessPool:
+        if concurrent not in self._processes:
             command = await self._command()
-            if self._processes is None:
-                self._processes = ProcessPool(self.workers, command)
-        return self._processes
+            if concurrent not in self._processes:
+                self._processes[concurrent] = ProcessPool(self.workers, command, concurrent)
+        return self._processes[concurrent]
 
     async def _command(self) -> WorkerCommand:
         if self.mode != "isolated":

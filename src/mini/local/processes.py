@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import dataclasses
 import itertools
 import math
 import os
@@ -20,10 +21,11 @@ import socket
 import sys
 import tempfile
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from mini.dispatch import Dispatch
+from mini.dispatch import CallEvent, Dispatch
 from mini.errors import CallTimeoutError, WorkerCrashed
 from mini.local import _framing
 from mini.local._isolation import isolated_environment
@@ -40,6 +42,7 @@ FUNCTIONS_PER_WORKER = 16
 _ECHO_CHUNK = 1 << 16
 _ECHO_DRAIN = 1.0  # seconds to wait for a dead worker's last output; a process it started may hold its pipes
 _keys = itertools.count(1)
+_batches = itertools.count(1)
 
 
 class WorkerCommand:
@@ -65,15 +68,22 @@ def _inherited_path() -> list[str]:
 
 
 class _Worker:
-    def __init__(self, process: asyncio.subprocess.Process, sock: socket.socket, workdir: str | None) -> None:
+    """One worker process and its socket. A reader task takes every message the worker sends: replies go to
+    the batch waiting for them, events to the dispatch whose call sent them."""
+
+    def __init__(
+        self, process: asyncio.subprocess.Process, sock: socket.socket, workdir: str | None, placement: Any
+    ) -> None:
         self.process = process
+        self.placement = placement
         self._sock = sock
         self._workdir = workdir
         self._loop = asyncio.get_running_loop()
-        self._busy = False
-        self._killed = False
+        self._sending = asyncio.Lock()
+        self._waiting: dict[int, tuple[asyncio.Future[Any], Any]] = {}  # batch -> (its reply, its dispatch)
         self._loaded: OrderedDict[int, None] = OrderedDict()  # least recently used first
         self._echoes = [_echo(process.stdout, "stdout"), _echo(process.stderr, "stderr")]
+        self._reader = asyncio.ensure_future(self._read_all())
 
     @classmethod
     async def start(cls, command: WorkerCommand) -> _Worker:
@@ -105,21 +115,21 @@ class _Worker:
         finally:
             theirs.close()
         ours.setblocking(False)
-        worker = cls(process, ours, workdir)
+        loop = asyncio.get_running_loop()
         try:
-            hello = await worker._receive()
+            hello = await _receive(loop, ours)
         except BaseException:
             # Cancelled while it started (its pool is closing): it must not live on to find no one there.
-            worker.kill()
+            _kill(process, ours, workdir)
             raise
         if hello is None or hello[0] != "ready":
-            worker.kill()
-            detail = hello[1] if hello else f"{await worker.exit_status()}; its stderr is above"
+            _kill(process, ours, workdir)
+            detail = hello[1] if hello else f"{await _exit_status(process)}; its stderr is above"
             raise WorkerCrashed(
                 f"a worker process could not start with {command.python} ({detail}). "
                 "Check that this interpreter can import mini and cloudpickle."
             )
-        return worker
+        return cls(process, ours, workdir, hello[2])
 
     def plan_load(self, key: int) -> tuple[bool, list[int]]:
         """For a batch of function `key`: whether to send the function with it, and which functions the
@@ -136,73 +146,108 @@ class _Worker:
         self._loaded[key] = None
         return True, dropped
 
-    async def exchange(self, message: object) -> tuple[list[tuple[int, bool, bytes, list]], float] | None:
-        """Send a batch and wait for its reply; None if the worker died first."""
-        with self._in_use():
+    async def exchange(self, batch: int, message: object, owner: Any) -> tuple[list[Any], float] | None:
+        """Send a batch and wait for its reply, its calls' events going to `owner.take_events`; None if
+        the worker died first."""
+        reply: asyncio.Future[Any] = self._loop.create_future()
+        self._waiting[batch] = (reply, owner)
+        try:
+            if not await self.send(message):
+                return None
+            return await reply
+        finally:
+            self._waiting.pop(batch, None)
+
+    async def send(self, message: object) -> bool:
+        """Send one message whole; False if the worker is gone."""
+        async with self._sending:
             try:
                 for frame in _framing.frames(message):
                     await self._loop.sock_sendall(self._sock, frame)
             except OSError:
-                return None
-            return await self._receive()
+                return False
+        return True
 
-    async def _receive(self):
-        # Raw socket operations rather than streams: a 100 MB buffer is read straight into the memory its
-        # array will own, and sent without being copied into a transport's buffer first.
-        with self._in_use():
-            try:
-                header = await self._read(bytearray(_framing.HEADER.size))
-                rest = await self._read(bytearray(_framing.rest_size(header)))
-                buffers = [await self._read(fresh_buffer(n)) for n in _framing.buffer_sizes(header, rest)]
-            except (OSError, EOFError):
-                return None
-            return _framing.decode(header, rest, buffers)
-
-    @contextlib.contextmanager
-    def _in_use(self) -> Iterator[None]:
-        # A socket closed while the loop waits on it would leave that wait pending forever, so `kill` only
-        # shuts it down (the wait sees the end) and the socket is closed once nothing waits on it.
-        outer, self._busy = self._busy, True
+    async def _read_all(self) -> None:
         try:
-            yield
+            while (message := await _receive(self._loop, self._sock)) is not None:
+                if message[0] == "reply":
+                    _, batch, results, elapsed, events = message
+                    reply, owner = self._waiting.get(batch, (None, None))
+                    if owner is not None:
+                        owner.take_events(events, self.placement)
+                        if not reply.done():
+                            reply.set_result((results, elapsed))
+                else:
+                    self._route(message[1])
         finally:
-            self._busy = outer
-            if self._killed and not outer:
-                self._sock.close()
+            self._sock.close()
+            for reply, _ in self._waiting.values():
+                if not reply.done():
+                    reply.set_result(None)
 
-    async def _read(self, buffer):
-        view = memoryview(buffer).cast("B")
-        filled, size = 0, view.nbytes
-        while filled < size:
-            got = await self._loop.sock_recv_into(self._sock, view[filled:])
-            if got == 0:
-                raise EOFError
-            filled += got
-        return buffer
+    def _route(self, events: list[tuple[int, int, str, Any]]) -> None:
+        by_batch: dict[int, list[tuple[int, int, str, Any]]] = {}
+        for event in events:
+            by_batch.setdefault(event[0], []).append(event)
+        for batch, mine in by_batch.items():
+            owner = self._waiting.get(batch, (None, None))[1]
+            if owner is not None:
+                owner.take_events(mine, self.placement)
 
     def kill(self) -> None:
-        self._killed = True
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        if not self._busy:
-            self._sock.close()
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+        _kill(self.process, self._sock, self._workdir)
 
     async def echoed(self) -> None:
         """Wait (briefly) until everything the worker printed has been passed on."""
         await asyncio.wait(self._echoes, timeout=_ECHO_DRAIN)
 
     async def exit_status(self) -> str:
-        code = await self.process.wait()
+        status = await _exit_status(self.process)
         await self.echoed()  # so that its stderr is above whatever is said about its death
-        if code < 0:
-            name = signal.Signals(-code).name
-            hint = " (SIGKILL is what the OOM killer sends)" if name == "SIGKILL" else ""
-            return f"killed by {name}{hint}"
-        return f"exit code {code}"
+        return status
+
+
+def _kill(process: asyncio.subprocess.Process, sock: socket.socket, workdir: str | None) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    # Shut down, not closed: the reader waiting on the socket sees its end, and closes it.
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    if workdir is not None:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _exit_status(process: asyncio.subprocess.Process) -> str:
+    code = await process.wait()
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (SIGKILL is what the OOM killer sends)" if name == "SIGKILL" else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {code}"
+
+
+async def _receive(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Any:
+    """The next message from a worker, or None at its end. Raw socket operations rather than streams: a
+    100 MB buffer is read straight into the memory its array will own."""
+    try:
+        header = await _read(loop, sock, bytearray(_framing.HEADER.size))
+        rest = await _read(loop, sock, bytearray(_framing.rest_size(header)))
+        buffers = [await _read(loop, sock, fresh_buffer(n)) for n in _framing.buffer_sizes(header, rest)]
+    except (OSError, EOFError):
+        return None
+    return _framing.decode(header, rest, buffers)
+
+
+async def _read(loop: asyncio.AbstractEventLoop, sock: socket.socket, buffer: Any) -> Any:
+    view = memoryview(buffer).cast("B")
+    filled, size = 0, view.nbytes
+    while filled < size:
+        got = await loop.sock_recv_into(sock, view[filled:])
+        if got == 0:
+            raise EOFError
+        filled += got
+    return buffer
 
 
 def _echo(stream: asyncio.StreamReader | None, name: str) -> asyncio.Task[None]:
@@ -222,31 +267,46 @@ def _echo(stream: asyncio.StreamReader | None, name: str) -> asyncio.Task[None]:
 
 
 class ProcessPool:
-    """Worker processes shared by every map of one `LocalApparatus` and its `.w()` variants."""
+    """Worker processes shared by every map of one `LocalApparatus` and its `.w()` variants that runs
+    `concurrent` inputs per worker at once (a pool per setting: a worker never mixes the two kinds).
 
-    def __init__(self, workers: int, command: WorkerCommand) -> None:
+    One driver per input a worker may run at once takes batches from the maps that have calls queued;
+    the drivers of a concurrent pool share the pool's worker processes.
+    """
+
+    def __init__(self, workers: int, command: WorkerCommand, concurrent: int = 1) -> None:
         self.workers = workers
+        self.concurrent = concurrent
         self._command = command
         self._dispatches: deque[_ProcessDispatch] = deque()
         self._work = asyncio.Event()
         self._drivers: list[asyncio.Task[None]] = []
         self._busy: dict[int, tuple[_Worker, _ProcessDispatch]] = {}
+        self._processes: list[_Worker | None] = [None] * workers
+        self._starting = [asyncio.Lock() for _ in range(workers)]
 
     def wake(self, dispatch: _ProcessDispatch) -> None:
         if dispatch not in self._dispatches:
             self._dispatches.append(dispatch)
         self._work.set()
         if not self._drivers:
-            self._drivers = [asyncio.create_task(self._drive(slot)) for slot in range(self.workers)]
+            slots = range(self.workers * self.concurrent)
+            self._drivers = [asyncio.create_task(self._drive(slot)) for slot in slots]
 
     async def forget(self, dispatch: _ProcessDispatch) -> None:
         """Drop a closed map's queued calls and kill the workers running its calls."""
         with contextlib.suppress(ValueError):
             self._dispatches.remove(dispatch)
-        killed = [worker for worker, owner in list(self._busy.values()) if owner is dispatch]
-        for worker in killed:
-            worker.kill()
-        await asyncio.gather(*(worker.process.wait() for worker in killed))
+        killed = {id(worker): worker for worker, owner in list(self._busy.values()) if owner is dispatch}
+        for worker in killed.values():
+            self._discard(worker)
+        await asyncio.gather(*(worker.process.wait() for worker in killed.values()))
+
+    def _discard(self, worker: _Worker) -> None:
+        worker.kill()
+        for position, running in enumerate(self._processes):
+            if running is worker:
+                self._processes[position] = None
 
     async def _next_batch(self) -> tuple[_ProcessDispatch, list[Call]]:
         while True:
@@ -263,24 +323,33 @@ class ProcessPool:
                 self._work.clear()
                 await self._work.wait()
 
+    async def _worker(self, position: int) -> _Worker:
+        async with self._starting[position]:
+            worker = self._processes[position]
+            if worker is None or worker.process.returncode is not None:
+                worker = self._processes[position] = await _Worker.start(self._command)
+            return worker
+
     async def _drive(self, slot: int) -> None:
-        worker: _Worker | None = None
+        position = slot % self.workers
         try:
             while True:
                 dispatch, batch = await self._next_batch()
-                if worker is None:
-                    try:
-                        worker = await _Worker.start(self._command)
-                    except WorkerCrashed as error:
-                        dispatch.fail(batch, error)
-                        continue
+                try:
+                    worker = await self._worker(position)
+                except WorkerCrashed as error:
+                    dispatch.fail(batch, error)
+                    continue
                 self._busy[slot] = (worker, dispatch)
                 try:
-                    worker = await dispatch.run_batch(worker, batch)
+                    if not await dispatch.run_batch(worker, batch):
+                        self._discard(worker)
                 finally:
                     self._busy.pop(slot, None)
         finally:
-            if worker is not None:
+            worker = self._processes[position]
+            if worker is not None and slot < self.workers:  # the first driver of a worker ends it
+                self._processes[position] = None
                 worker.kill()
                 await worker.echoed()
 
@@ -289,6 +358,10 @@ class ProcessPool:
         for task in drivers:
             task.cancel()
         await asyncio.gather(*drivers, return_exceptions=True)
+        for worker in self._processes:
+            if worker is not None:
+                worker.kill()
+        self._processes = [None] * self.workers
         self._dispatches.clear()
 
 
@@ -301,14 +374,16 @@ class _ProcessDispatch(Dispatch):
         self._timeout = options.timeout
         self._queue: deque[Call] = deque()
         self._solo: set[int] = set()  # re-run alone after a batch's worker died
-        self._ready: list[Outcome] = []
+        self._ready: list[Outcome | CallEvent] = []
         self._arrived = asyncio.Event()
         self._seconds_per_call: float | None = None
         self._running = 0
+        self._settled: set[int] = set()  # of a concurrent pool, settled (by a timeout) before they answered
+        self._streams: dict[int, tuple[_Worker, int]] = {}  # call -> (worker, batch) of a generator's call
         self._closed = False
 
     def _target_batch(self) -> int:
-        if self._timeout is not None or self._seconds_per_call is None:
+        if self._timeout is not None or self._seconds_per_call is None or self._pool.concurrent > 1:
             return 1
         return max(1, min(int(_BATCH_SECONDS / max(self._seconds_per_call, 1e-7)), _MAX_BATCH))
 
@@ -317,7 +392,8 @@ class _ProcessDispatch(Dispatch):
         return max(1, min(self._target_batch(), math.ceil(len(self._queue) / self._pool.workers)))
 
     def capacity(self) -> int:
-        return max(4 * self._pool.workers, 3 * self._pool.workers * self._target_batch())
+        slots = self._pool.workers * self._pool.concurrent
+        return max(4 * slots, 3 * slots * self._target_batch())
 
     def running(self) -> int:
         return self._running
@@ -341,35 +417,47 @@ class _ProcessDispatch(Dispatch):
             batch.append(self._queue.popleft())
         return batch
 
-    async def run_batch(self, worker: _Worker, batch: list[Call]) -> _Worker | None:
-        """Run `batch` on `worker`; return the worker if it is still usable."""
+    async def run_batch(self, worker: _Worker, batch: list[Call]) -> bool:
+        """Run `batch` on `worker`; return whether the worker is still usable."""
         if self._closed:  # closed while the worker was starting
-            return worker
+            return True
         send_function, dropped = worker.plan_load(self._key)
+        number = next(_batches)
         message = (
+            "run",
+            number,
             self._key,
             self._fn_blob if send_function else None,
             dropped,
             self._env,
+            self._pool.concurrent > 1,
             [(c.index, c.payload, _out_of_band(c.buffers)) for c in batch],
         )
+        for call in batch:
+            self._streams[call.index] = (worker, number)
         self._running += len(batch)
         try:
-            if self._timeout is None:
-                reply = await worker.exchange(message)
-            else:
-                try:
-                    reply = await asyncio.wait_for(worker.exchange(message), self._timeout)
-                except asyncio.TimeoutError:
-                    worker.kill()
-                    await worker.process.wait()
-                    self._deliver([Outcome(batch[0].index, False, self._timeout_error(batch[0]))])
-                    return None
+            try:
+                exchange = worker.exchange(number, message, self)
+                reply = await (
+                    exchange if self._timeout is None else asyncio.wait_for(exchange, self._timeout)
+                )
+            except asyncio.TimeoutError:
+                self._deliver([Outcome(batch[0].index, False, self._timeout_error(batch[0]))])
+                if self._pool.concurrent > 1:
+                    # Other inputs run on this worker: it goes on, and this call's late answer is ignored.
+                    self._settled.add(batch[0].index)
+                    return True
+                worker.kill()
+                await worker.process.wait()
+                return False
         finally:
             self._running -= len(batch)
+            for call in batch:
+                self._streams.pop(call.index, None)
         if reply is None:
             await self._worker_died(worker, batch)
-            return None
+            return False
         if self._solo:
             self._solo.difference_update(call.index for call in batch)
         results, elapsed = reply
@@ -377,7 +465,22 @@ class _ProcessDispatch(Dispatch):
         previous = self._seconds_per_call
         self._seconds_per_call = per_call if previous is None else 0.7 * previous + 0.3 * per_call
         self._deliver([Outcome(index, ok, data, buffers) for index, ok, data, buffers in results])
-        return worker
+        return True
+
+    def take_events(self, events: list[tuple[int, int, str, Any]], placement: Any) -> None:
+        """Events the worker sent for this map's calls (see `mini.local._worker`)."""
+        arrived: list[Outcome | CallEvent] = []
+        for _, index, kind, data in events:
+            if kind == "started":
+                data = dataclasses.replace(placement, started=data)
+            arrived.append(CallEvent(index, kind, data))  # type: ignore[arg-type]
+        self._deliver(arrived)
+
+    def consumed(self, index: int, items: int) -> None:
+        stream = self._streams.get(index)
+        if stream is not None:
+            worker, number = stream
+            asyncio.ensure_future(worker.send(("credit", number, index, items)))
 
     async def _worker_died(self, worker: _Worker, batch: list[Call]) -> None:
         status = await worker.exit_status()
@@ -392,9 +495,14 @@ class _ProcessDispatch(Dispatch):
             return
         call = batch[0]
         self._solo.discard(call.index)
+        shared = (
+            " (it ran other inputs at once; any of them may have caused it)"
+            if self._pool.concurrent > 1
+            else ""
+        )
         error = WorkerCrashed(
-            f"the worker process running call #{call.index} died ({status}) before returning a result. "
-            "The pool has replaced it; other calls are unaffected."
+            f"the worker process running call #{call.index} died ({status}) before returning a result"
+            f"{shared}. The pool has replaced it; other calls are unaffected."
         )
         self._deliver([Outcome(call.index, False, error)])
 
@@ -402,17 +510,24 @@ class _ProcessDispatch(Dispatch):
         self._deliver([Outcome(call.index, False, error) for call in batch])
 
     def _timeout_error(self, call: Call) -> CallTimeoutError:
+        if self._pool.concurrent > 1:
+            return CallTimeoutError(
+                f"call #{call.index} ran over its timeout of {self._timeout:g}s. Its worker runs other "
+                "inputs at once, so it was not killed: the call's result, if it comes, is dropped."
+            )
         return CallTimeoutError(
             f"call #{call.index} ran over its timeout of {self._timeout:g}s; its worker process was killed."
         )
 
-    def _deliver(self, outcomes: list[Outcome]) -> None:
-        if self._closed:
+    def _deliver(self, arrived: Sequence[Outcome | CallEvent]) -> None:
+        if self._closed or not arrived:
             return
-        self._ready.extend(outcomes)
+        if self._settled:
+            arrived = [item for item in arrived if item.index not in self._settled]
+        self._ready.extend(arrived)
         self._arrived.set()
 
-    async def outcomes(self) -> list[Outcome]:
+    async def outcomes(self) -> list[Outcome | CallEvent]:
         while not self._ready:
             self._arrived.clear()
             await self._arrived.wait()

@@ -16,12 +16,16 @@ from queue import SimpleQueue
 from typing import Any
 
 from mini._loop import Signal
-from mini.dispatch import Dispatch
+from mini.dispatch import CallEvent, Dispatch
 from mini.errors import CallTimeoutError
 from mini.local._environ import applied
 from mini.options import Options
-from mini.runtime import LOCAL, CallContext
+from mini.reports import placement_here
+from mini.runtime import LOCAL, CallContext, StreamStopped
 from mini.serialization import Call, Outcome, loads, run_call
+
+# Values a generator may yield ahead of its consumer.
+STREAM_WINDOW = 16
 
 
 class ThreadPool:
@@ -83,8 +87,10 @@ class _ThreadDispatch(Dispatch):
         self._timeout = options.timeout
         self._event = Signal()
         self._lock = threading.Lock()
-        self._ready: list[Outcome] = []
+        self._ready: list[Outcome | CallEvent] = []
         self._started: dict[int, float] = {}
+        self._announced: set[int] = set()
+        self._credit: dict[int, threading.Semaphore] = {}
         self._abandoned: set[int] = set()
         self._wake_pending = False
         self._cancelled = False
@@ -109,10 +115,12 @@ class _ThreadDispatch(Dispatch):
         if self._timeout is not None:
             self._event.set_later(self._timeout)
         with applied(self._env):
-            context = CallContext(call.index, LOCAL)
+            context = CallContext(call.index, LOCAL, events=self)
             outcome = run_call(self._fn, call, out_of_band=True, shared_memory=True, context=context)
         with self._lock:
             self._started.pop(call.index, None)
+            self._announced.discard(call.index)
+            self._credit.pop(call.index, None)
             if call.index in self._abandoned:
                 self._abandoned.discard(call.index)
                 return True
@@ -125,7 +133,41 @@ class _ThreadDispatch(Dispatch):
         self._event.set()
         return False
 
-    async def outcomes(self) -> list[Outcome]:
+    # ----- the calls' event sink (mini.runtime.EventSink), called from worker threads ---------------------
+
+    def emit(self, index: int | None, kind: str, data: Any) -> None:
+        assert index is not None
+        with self._lock:
+            if self._cancelled or index in self._abandoned:
+                return
+            self._announce(index)
+            self._ready.append(CallEvent(index, kind, data))  # type: ignore[arg-type]
+            wake, self._wake_pending = not self._wake_pending, True
+        if wake:
+            self._event.set()
+
+    def _announce(self, index: int) -> None:
+        # A call is announced when it first has something to say: a silent call costs no event.
+        if index not in self._announced:
+            self._announced.add(index)
+            self._ready.append(CallEvent(index, "started", placement_here()))
+
+    def item(self, index: int | None, data: bytes) -> None:
+        assert index is not None
+        with self._lock:
+            credit = self._credit.setdefault(index, threading.Semaphore(STREAM_WINDOW))
+        credit.acquire()  # released by the consumer, or by aclose (which also cancels)
+        if self._cancelled:
+            raise StreamStopped
+        self.emit(index, "item", data)
+
+    def consumed(self, index: int, items: int) -> None:
+        with self._lock:
+            credit = self._credit.get(index)
+        if credit is not None:
+            credit.release(items)
+
+    async def outcomes(self) -> list[Outcome | CallEvent]:
         while True:
             await self._event
             with self._lock:
@@ -155,6 +197,9 @@ class _ThreadDispatch(Dispatch):
     async def aclose(self) -> None:
         with self._lock:
             self._cancelled = True
+            credits = list(self._credit.values())
+        for credit in credits:  # a generator waiting for its consumer learns that it has gone
+            credit.release(STREAM_WINDOW)
 
 
 def open_thread_dispatch(pool: ThreadPool, fn_blob: bytes, options: Options) -> Dispatch:

@@ -181,5 +181,6 @@ def function_name(fn: Callable[..., Any], fn_blob: bytes, options: Options) -> s
 def readable_name(base: str, fn_blob: bytes, options: Options) -> str:
     """`function_name` from the function's name alone (a detached launch has only the pickled function)."""
     base = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-") or "call"
-    digest = hashlib.sha256(fn_blob + repr(sorted(options.as_dict().items())).encode()).hexdigest()[:6]
+    settings = repr(sorted(options.where_calls_run().items()))
+    digest = hashlib.sha256(fn_blob + settings.encode()).hexdigest()[:6]
     return f"{base[:40]}-{digest}"

@@ -196,7 +196,17 @@ def list_runs(project_root: Path) -> list[RunFolder]:
     if not parent.is_dir():
         return []
     folders = [RunFolder(p) for p in parent.iterdir() if (p / _RECORD).is_file()]
-    return sorted(folders, key=lambda folder: folder.id, reverse=True)
+    return sorted(folders, key=_launch_order, reverse=True)
+
+
+def _launch_order(folder: RunFolder) -> tuple[str, int]:
+    # Ids name the second a run was launched; within one second, the function file written at launch says
+    # which came first.
+    try:
+        written = (folder.path / "function.pkl").stat().st_mtime_ns
+    except OSError:
+        written = 0
+    return folder.id[:15], written
 
 
 def open_run(run_id: str, project_root: Path) -> RunFolder:

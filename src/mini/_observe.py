@@ -1,0 +1,98 @@
+"""What the caller does with the events of running calls (see `mini.dispatch.CallEvent`): where each call
+runs, its reports (to `on_report`, in order, and to the live display), its printed lines (shown with the
+call's index). One `CallObserver` per map or stream, fed on mini's loop.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from queue import SimpleQueue
+from typing import Any
+
+from mini._loop import Signal
+from mini.dispatch import CallEvent
+from mini.reports import Placement, Report
+
+OnReport = Callable[[Report], None]
+
+
+class CallObserver:
+    """Turns a map's events into `Report`s and lines; `on_report` runs on a thread of its own, so that a
+    slow callback delays neither the map nor mini's loop, and sees each call's reports in order."""
+
+    def __init__(self, on_report: OnReport | None) -> None:
+        self.placements: dict[int, Placement] = {}
+        self.latest: dict[int, Report] = {}  # the last report of each call still running
+        self._on_report = on_report
+        self._queue: SimpleQueue[Report | Signal | None] | None = None
+        self._failure: BaseException | None = None
+
+    def observe(self, event: CallEvent, attempt: int = 1) -> None:
+        kind, index = event.kind, event.index
+        if kind == "started":
+            self.placements[index] = event.data
+        elif kind == "report":
+            when, metrics, coalesced = event.data
+            report = Report(index, metrics, when, attempt, self.placements.get(index), coalesced)
+            self.latest[index] = report
+            if self._on_report is not None:
+                self._deliver(report)
+        elif kind == "output":
+            stream, text = event.data
+            target = sys.stderr if stream == "stderr" else sys.stdout
+            print(f"[{index}] {text}", file=target, flush=True)
+
+    def settled(self, index: int) -> None:
+        """Call `index` has an outcome: it no longer runs."""
+        self.latest.pop(index, None)
+
+    def _deliver(self, report: Report) -> None:
+        if self._queue is None:
+            self._queue = SimpleQueue()
+            threading.Thread(
+                target=self._call_back, args=(self._queue,), name="mini-on-report", daemon=True
+            ).start()
+        self._queue.put(report)
+
+    def _call_back(self, queue: SimpleQueue[Report | Signal | None]) -> None:
+        assert self._on_report is not None
+        while (item := queue.get()) is not None:
+            if isinstance(item, Signal):
+                item.set()
+            elif self._failure is None:
+                try:
+                    self._on_report(item)
+                except Exception as error:  # raised to the caller with its next results
+                    self._failure = error
+
+    async def caught_up(self) -> None:
+        """Wait until `on_report` has seen every report so far (a call's reports come before its result);
+        raise what `on_report` raised."""
+        if self._queue is not None:
+            done = Signal()  # a Signal: the map may be driven on the caller's thread
+            self._queue.put(done)
+            await done
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.put(None)
+            self._queue = None
+
+
+def describe(report: Report | None, placement: Placement | None) -> str:
+    """A running call in one line: its latest metrics and where it runs."""
+    parts = []
+    if report is not None:
+        parts.append(" ".join(f"{key}={_short(value)}" for key, value in report.metrics.items()))
+    if placement is not None:
+        parts.append(placement.describe())
+    return " · ".join(parts)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
