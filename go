@@ -17,7 +17,7 @@ task_check() {
 }
 task_fmt() { ensure_uv; "$uv" run --frozen ruff format src tests bench; "$uv" run --frozen ruff check --fix src tests bench; }
 task_bench() { ensure_uv; "$uv" sync --frozen --quiet; "$uv" run --frozen --no-sync python -m bench "$@"; }
-task_auth() { ensure_uv; "$uv" sync --frozen --quiet; "$uv" run --frozen --no-sync python -m mini.auth "$@"; }
+task_auth() { ensure_uv; "$uv" sync --frozen --quiet; "$uv" run --frozen --no-sync mini auth "$@"; }
 task_help() {
   cat <<'HELP'
 ./go install        create .venv with the locked dependencies (dev and local groups, no cuda)

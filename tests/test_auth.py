@@ -1,4 +1,4 @@
-"""`./go auth` and `./go auth --check` against the emulator served over TLS by a throwaway CA."""
+"""`mini auth` (`./go auth` runs it) and `mini auth --check` against the emulator over TLS (throwaway CA)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import toml
 
 from tests.emulator.server import TOKEN_ID, TOKEN_SECRET
 from tests.support.connect_proxy import run_connect_proxy
-from tests.support.tls_emulator import TlsEmulator, run_python, serve_tls_emulator
+from tests.support.tls_emulator import TlsEmulator, run_mini, serve_tls_emulator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def closed_port() -> Iterator[int]:
 
 
 def check(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return run_python(["-m", "mini.auth", "--check", "--timeout", "5"], env)
+    return run_mini(["auth", "--check", "--timeout", "5"], env)
 
 
 def test_check_accepts_the_emulators_token(tls_emulator: TlsEmulator, tmp_path: Path) -> None:
@@ -123,7 +123,7 @@ def test_check_goes_through_the_proxy(tls_emulator: TlsEmulator, tmp_path: Path)
 
 def test_check_closes_stdin(tls_emulator: TlsEmulator, tmp_path: Path) -> None:
     # stdin is a pipe that never ends: reading it after the check returns only because the check closed it.
-    script = "import sys; from mini.auth import main; main(['--check']); print(repr(sys.stdin.read()))"
+    script = "import sys; from mini.cli import main; main(['auth', '--check']); print(repr(sys.stdin.read()))"
     reader, writer = os.pipe()
     try:
         result = subprocess.run(
@@ -176,7 +176,7 @@ def test_go_auth_tightens_an_existing_config_and_keeps_other_profiles(
     config.write_text('[work]\ntoken_id = "ak-work"\ntoken_secret = "as-work"\nactive = true\n')
     config.chmod(0o644)
     env = tls_emulator.environment(tmp_path, MODAL_CONFIG_PATH=str(config))
-    result = run_python(["-m", "mini.auth", "--profile", "emulator"], env)
+    result = run_mini(["auth", "--profile", "emulator"], env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     stored = toml.loads(config.read_text())
@@ -188,7 +188,7 @@ def test_go_auth_tightens_an_existing_config_and_keeps_other_profiles(
 def test_go_auth_refuses_half_a_token(tls_emulator: TlsEmulator, tmp_path: Path) -> None:
     config = tmp_path / "modal.toml"
     env = tls_emulator.environment(tmp_path, MODAL_TOKEN_SECRET=None, MODAL_CONFIG_PATH=str(config))
-    result = run_python(["-m", "mini.auth"], env)
+    result = run_mini(["auth"], env)
     assert result.returncode == 2
     assert "set both MODAL_TOKEN_ID and MODAL_TOKEN_SECRET" in result.stderr
     assert not config.exists()
@@ -204,8 +204,8 @@ def test_without_a_token_in_the_environment_auth_starts_modals_token_flow(
         tmp_path, MODAL_TOKEN_ID=None, MODAL_TOKEN_SECRET=None, MODAL_CONFIG_PATH=str(config)
     )
     with tls_emulator.emulator.recorder.counting() as rpcs:
-        result = run_python(["-m", "mini.auth"], env)
+        result = run_mini(["auth"], env)
     assert result.returncode == 1, result.stdout + result.stderr
     assert rpcs["TokenFlowCreate"] >= 1
-    assert "./go auth: Modal's token flow failed:" in result.stderr
+    assert "mini auth: Modal's token flow failed:" in result.stderr
     assert "Traceback" not in result.stderr

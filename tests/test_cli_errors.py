@@ -110,17 +110,17 @@ def test_a_rejected_token_is_one_line_with_one_fix(experiment, tmp_path, modal_e
 
 
 def test_a_rejected_token_from_the_config_file_is_fixed_by_storing_a_new_one(monkeypatch):
-    import mini.auth
+    import mini.modal_backend.auth
     from mini.modal_backend.session import token_error
 
     monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
-    monkeypatch.setattr(mini.auth, "configured_token", lambda: ("ak-stored", "as-stored"))
-    monkeypatch.setattr(mini.auth, "config_path", lambda: Path("/home/me/.modal.toml"))
+    monkeypatch.setattr(mini.modal_backend.auth, "configured_token", lambda: ("ak-stored", "as-stored"))
+    monkeypatch.setattr(mini.modal_backend.auth, "config_path", lambda: Path("/home/me/.modal.toml"))
     assert str(token_error()) == (
         "Modal rejected the token ak-stored stored in /home/me/.modal.toml. "
         "Run `./go auth` to store a new one."
     )
-    monkeypatch.setattr(mini.auth, "configured_token", lambda: None)
+    monkeypatch.setattr(mini.modal_backend.auth, "configured_token", lambda: None)
     assert str(token_error()) == "no Modal token is set up. Run `./go auth` to store one."
 
 

@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 
 from mini.cli.doctor import _satisfies
-from tests.support.tls_emulator import TlsEmulator, run_python, serve_tls_emulator
-
-MINI = "import sys; from mini.cli import main; sys.exit(main(sys.argv[1:]))"
+from tests.support.tls_emulator import TlsEmulator, run_mini, serve_tls_emulator
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +37,7 @@ def project(tmp_path: Path) -> Path:
 
 def doctor(env: dict[str, str], cwd: Path) -> tuple[int, dict[str, str], str]:
     """Run `mini doctor`; return its exit status, {check name: its line} and the whole output."""
-    result = run_python(["-c", MINI, "doctor", "--timeout", "2"], env, cwd=cwd)
+    result = run_mini(["doctor", "--timeout", "2"], env, cwd=cwd)
     lines: dict[str, str] = {}
     for line in result.stdout.splitlines():
         verdict, _, rest = line.partition(" ")

@@ -4,7 +4,7 @@ from tests.support.tls_emulator import tls_emulator  # noqa: F401  (the fixture)
 
 def test_x(tls_emulator, tmp_path):
     env = tls_emulator.environment(tmp_path)     # for a subprocess running the real modal client
-    subprocess.run([sys.executable, "-m", "mini.auth", "--check"], env=env)
+    run_mini(["auth", "--check"], env)           # `mini auth --check` in a fresh interpreter
 """
 
 from __future__ import annotations
@@ -78,3 +78,13 @@ def run_python(
     return subprocess.run(
         [sys.executable, *args], env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=180
     )
+
+
+_MINI = "import sys; from mini.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def run_mini(
+    args: Sequence[str], env: Mapping[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run `mini ARGS` with this interpreter in `env` (as `run_python` does)."""
+    return run_python(["-c", _MINI, *args], env, cwd=cwd)

@@ -15,6 +15,7 @@ _MODULES = {
     "run": "mini.cli.run",
     "image": "mini.image.report",
     "doctor": "mini.cli.doctor",
+    "auth": "mini.cli.auth",
     **dict.fromkeys(("ls", "status", "results", "logs", "cancel", "watch"), "mini.cli.runs"),
 }
 

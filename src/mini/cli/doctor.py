@@ -20,11 +20,16 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from mini.auth import TokenStatus, configured_token, no_token, server_url, verify_token
 from mini.image import ImageSpecError, derive_image_spec
 from mini.image.project import read_pyproject
+from mini.modal_backend.auth import TokenStatus, configured_token, no_token, server_url, verify_token
+from mini.modal_backend.reachability import (
+    DEFAULT_TIMEOUT,
+    Reachability,
+    probe_control_plane,
+    without_password,
+)
 from mini.project import find_project_root
-from mini.reachability import DEFAULT_TIMEOUT, Reachability, probe_control_plane, without_password
 from mini.tls import CA_BUNDLE_VARIABLES, TrustStoreError, ca_sources, ensure_grpc_trusts_system_ca
 
 _PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")

@@ -5,9 +5,9 @@ answers, and a platform failure (a timeout, a crashed container) arrives as an e
 input at all, so an unordered map cannot know which input failed. The outputs Modal's control plane sends
 do carry the input's `idx`. Reading them means speaking the RPCs `modal.parallel_map` speaks (FunctionMap,
 FunctionPutInputs, FunctionGetOutputs, FunctionRetryInputs, FunctionCallCancel) the way it speaks them,
-with modal's own RPC retry policy, blob transfer and result decoding. Every private name of `modal` that
-mini relies on is imported in this module, and the emulator tests exercise each path, so an upgrade of
-the pinned `modal` that moves one fails there first.
+with modal's own RPC retry policy, blob transfer and result decoding. Those are private names of `modal`,
+imported from `mini.modal_backend._private` (which says what each stands in for), and the emulator tests
+exercise each path, so an upgrade of the pinned `modal` that moves one fails there first.
 
 It also lets mini do better than the public API: inputs are sent in full batches, arguments are pickled
 once (mini's pickle of `(args, kwargs)` is the input Modal unpickles in the container), and a map's
@@ -29,17 +29,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from grpclib import Status
-from modal._functions import _Function
-from modal._serialization import deserialize
-from modal._utils.async_utils import synchronizer
-from modal._utils.blob_utils import blob_download, blob_upload_with_results
-from modal._utils.function_utils import ATTEMPT_TIMEOUT_GRACE_PERIOD, OUTPUTS_TIMEOUT, should_upload
-from modal._utils.grpc_utils import Retry
-from modal.client import _Client
 from modal.exception import DeserializationError
 from modal.exception import Error as ModalError
-from modal.retries import RetryManager
-from modal_proto import api_pb2
 
 from mini.errors import (
     BackendError,
@@ -48,6 +39,20 @@ from mini.errors import (
     RemoteTraceback,
     SerializationError,
     WorkerCrashed,
+)
+from mini.modal_backend._private import (
+    ATTEMPT_TIMEOUT_GRACE_PERIOD,
+    OUTPUTS_TIMEOUT,
+    Retry,
+    RetryManager,
+    _Client,
+    _Function,
+    api_pb2,
+    blob_download,
+    blob_upload_with_results,
+    deserialize,
+    should_upload,
+    synchronizer,
 )
 from mini.modal_backend.entry import CallFailed
 from mini.serialization import Outcome

@@ -149,7 +149,7 @@ async def run_app(app: Any, options: Options, stack: contextlib.AsyncExitStack, 
 def token_error() -> ModalAuthError:
     """Modal refused the token: the one fix that applies where Modal found it (Modal's own text suggests
     `modal token new`, which stores a token that MODAL_TOKEN_ID would still override)."""
-    from mini.auth import config_path, configured_token
+    from mini.modal_backend.auth import config_path, configured_token
 
     token = configured_token()
     if token is None:

@@ -1,31 +1,24 @@
 """The Modal token: store it with Modal's own tooling, and check it against the control plane.
 
-    python -m mini.auth                 # store $MODAL_TOKEN_ID/$MODAL_TOKEN_SECRET, else Modal's browser flow
-    python -m mini.auth --check         # accepted / rejected / no token / unreachable (DNS, proxy, TLS...)
-
-In code:
-
     check = check_token(timeout=10)
     if check.status is not TokenStatus.ACCEPTED:
         print(check)
 
-`./go auth` runs this module. Exit status of `--check`: 0 accepted, 1 rejected, 3 no token, 4 unreachable.
+`mini auth` (and `./go auth`, which runs it) is the command line over this module (`mini.cli.auth`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import enum
 import os
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mini import _loop
-from mini.reachability import DEFAULT_TIMEOUT, Hop, Reachability, probe_control_plane
-from mini.tls import TrustStoreError, ensure_grpc_trusts_system_ca
+from mini.errors import ModalAuthError
+from mini.modal_backend.reachability import DEFAULT_TIMEOUT, Hop, Reachability, probe_control_plane
+from mini.tls import ensure_grpc_trusts_system_ca
 
 
 class TokenStatus(enum.Enum):
@@ -33,14 +26,6 @@ class TokenStatus(enum.Enum):
     REJECTED = "token found but rejected"
     MISSING = "no token"
     UNREACHABLE = "Modal unreachable"
-
-
-_EXIT_STATUS = {
-    TokenStatus.ACCEPTED: 0,
-    TokenStatus.REJECTED: 1,
-    TokenStatus.MISSING: 3,
-    TokenStatus.UNREACHABLE: 4,
-}
 
 
 @dataclass(frozen=True)
@@ -148,13 +133,11 @@ def store_token(token_id: str, token_secret: str, *, profile: str | None = None)
 
     store_token(os.environ["MODAL_TOKEN_ID"], os.environ["MODAL_TOKEN_SECRET"], profile="work")
     """
-    import modal.config
-    from modal._utils.async_utils import synchronizer
-    from modal.token_flow import _set_token
+    from mini.modal_backend._private import _set_token, active_profile, synchronizer
 
     path = config_path()
     _make_owner_only(path)
-    chosen = profile or modal.config._profile
+    chosen = profile or active_profile()
     synchronizer.create_blocking(_set_token)(
         token_id, token_secret, profile=chosen, activate=True, verify=False
     )
@@ -163,19 +146,23 @@ def store_token(token_id: str, token_secret: str, *, profile: str | None = None)
 
 
 def new_token_interactively(*, profile: str | None = None) -> Path:
-    """Run Modal's browser flow (`modal token new`) and store the token it yields, owner-only.
+    """Run Modal's browser flow (`modal token new`) and store the token it yields, owner-only. Raises
+    `ModalAuthError` when the flow fails (Modal refused it, or cannot be reached).
 
     new_token_interactively(profile="work")   # prints a URL to open, waits for the browser
     """
-    from modal._utils.async_utils import synchronizer
-    from modal.output import enable_output
-    from modal.token_flow import _new_token
+    from modal import enable_output
+    from modal.exception import Error
+
+    from mini.modal_backend._private import _new_token, synchronizer
 
     path = config_path()
     _make_owner_only(path)
     try:
         with enable_output():
             synchronizer.create_blocking(_new_token)(profile=profile, activate=True, verify=True)
+    except Error as error:
+        raise ModalAuthError(f"Modal's token flow failed: {error}") from error
     finally:
         _make_owner_only(path)
     return path
@@ -192,64 +179,3 @@ def _make_owner_only(path: Path) -> None:
     # Modal opens the file with the default umask; creating it first (0600) keeps the secret private.
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     path.chmod(0o600)
-
-
-def _close_stdin() -> None:
-    # A check must never wait for a prompt: anything that reads stdin gets end-of-file at once.
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    sys.stdin = open(os.devnull)  # noqa: SIM115 - replaces the process's stdin for its lifetime
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`./go auth [--check] [--profile NAME] [--timeout S]`; returns the exit status.
-
-    sys.exit(main(["--check"]))
-    """
-    parser = argparse.ArgumentParser(
-        prog="./go auth",
-        description="Store the Modal token (from MODAL_TOKEN_ID/MODAL_TOKEN_SECRET, else Modal's browser "
-        "flow), or check it with --check.",
-    )
-    parser.add_argument("--check", action="store_true", help="check the token Modal would use; store nothing")
-    parser.add_argument("--profile", help="Modal profile to store the token in (default: the active one)")
-    parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per step (default: %(default)s)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        return _run(args)
-    except TrustStoreError as error:
-        print(f"./go auth: {error}", file=sys.stderr)
-        return 1
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.check:
-        _close_stdin()
-        check = check_token(timeout=args.timeout)
-        print(check)
-        return _EXIT_STATUS[check.status]
-    ensure_grpc_trusts_system_ca()
-    token_id, token_secret = os.environ.get("MODAL_TOKEN_ID"), os.environ.get("MODAL_TOKEN_SECRET")
-    if token_id and token_secret:
-        path = store_token(token_id, token_secret, profile=args.profile)
-        print(f"stored token {token_id} in {path} (owner-only); check it with `./go auth --check`")
-        return 0
-    if token_id or token_secret:
-        print("./go auth: set both MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or neither.", file=sys.stderr)
-        return 2
-    from modal.exception import Error
-
-    try:
-        path = new_token_interactively(profile=args.profile)
-    except Error as error:
-        print(f"./go auth: Modal's token flow failed: {error}", file=sys.stderr)
-        return 1
-    print(f"stored the new token in {path} (owner-only); check it with `./go auth --check`")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

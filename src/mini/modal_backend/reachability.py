@@ -187,7 +187,7 @@ def _next_stage(hops: list[Hop], proxy: str | None, use_tls: bool) -> str:
 
 
 def _proxy_for(host: str, use_tls: bool) -> str | None:
-    from modal._utils.proxy_support import get_proxy_url
+    from mini.modal_backend._private import get_proxy_url
 
     return get_proxy_url(host, use_ssl=use_tls)
 
