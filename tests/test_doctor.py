@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from uv import find_uv_bin
 
 from mini.cli.doctor import _satisfies
 from tests.support.tls_emulator import TlsEmulator, run_mini, serve_tls_emulator
@@ -69,6 +70,17 @@ def test_everything_fine(tls_emulator: TlsEmulator, project: Path, tmp_path: Pat
     assert all(_verdict(line) == "ok" for line in lines.values()), output
     assert "token found and accepted" in lines["token"]
     assert "localhost resolves to" in lines["DNS"]
+
+
+def test_uv_is_found_without_it_on_path(tls_emulator: TlsEmulator, project: Path, tmp_path: Path) -> None:
+    # A notebook kernel or cron job often runs without the environment's bin/ on PATH: the uv that mini's
+    # own dependency installed is the one mini runs, so it is the one the report names.
+    path = "/usr/bin:/bin"
+    assert shutil.which("uv", path=path) is None, "this test needs a PATH without uv"
+    status, lines, output = doctor(tls_emulator.environment(tmp_path, PATH=path), project)
+    assert _verdict(lines["uv"]) == "ok", output
+    assert find_uv_bin() in lines["uv"], output
+    assert _verdict(lines["lock & image"]) == "ok", output
 
 
 def test_unreachable_control_plane_is_reported_with_fixes(

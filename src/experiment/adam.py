@@ -17,7 +17,7 @@ class AdamState(NamedTuple):
 
     mu: Any
     nu: Any
-    count: jax.Array
+    step: jax.Array
 
 
 def adam_init(params: Any) -> AdamState:
@@ -25,11 +25,11 @@ def adam_init(params: Any) -> AdamState:
 
     Example:
         >>> state = adam_init({"w": jnp.zeros(3)})
-        >>> int(state.count)
+        >>> int(state.step)
         0
     """
     zeros = jax.tree.map(jnp.zeros_like, params)
-    return AdamState(mu=zeros, nu=zeros, count=jnp.zeros((), jnp.int32))
+    return AdamState(mu=zeros, nu=zeros, step=jnp.zeros((), jnp.int32))
 
 
 def adam_update(params: Any, grads: Any, state: AdamState, learning_rate: float) -> tuple[Any, AdamState]:
@@ -41,13 +41,13 @@ def adam_update(params: Any, grads: Any, state: AdamState, learning_rate: float)
         >>> [round(float(v), 3) for v in params["w"]]
         [0.9, 0.9, 0.9]
     """
-    count = state.count + 1
+    step = state.step + 1
     mu = jax.tree.map(lambda m, g: _BETA1 * m + (1 - _BETA1) * g, state.mu, grads)
     nu = jax.tree.map(lambda v, g: _BETA2 * v + (1 - _BETA2) * g * g, state.nu, grads)
     # Bias correction: the moments start at zero and would otherwise underestimate early steps.
-    mu_scale = 1 / (1 - _BETA1**count)
-    nu_scale = 1 / (1 - _BETA2**count)
+    mu_scale = 1 / (1 - _BETA1**step)
+    nu_scale = 1 / (1 - _BETA2**step)
     params = jax.tree.map(
         lambda p, m, v: p - learning_rate * (m * mu_scale) / (jnp.sqrt(v * nu_scale) + _EPS), params, mu, nu
     )
-    return params, AdamState(mu=mu, nu=nu, count=count)
+    return params, AdamState(mu=mu, nu=nu, step=step)

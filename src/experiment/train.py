@@ -8,10 +8,11 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from experiment import model
-from experiment.adam import adam_init, adam_update
+from experiment.adam import AdamState, adam_init, adam_update
 from experiment.config import TrainConfig
 from experiment.data import two_spirals
 
@@ -35,7 +36,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if not isinstance(config, TrainConfig):
         raise TypeError(f"train() takes an experiment.config.TrainConfig, got {type(config).__name__}")
     start = time.perf_counter()
-    x, y = two_spirals((_TRAIN_POINTS + _TEST_POINTS) // 2, seed=config.seed)
+    points, labels = two_spirals((_TRAIN_POINTS + _TEST_POINTS) // 2, seed=config.seed)
+    x, y = jnp.asarray(points), jnp.asarray(labels)
     x_train, y_train = x[:_TRAIN_POINTS], y[:_TRAIN_POINTS]
     x_test, y_test = x[_TRAIN_POINTS:], y[_TRAIN_POINTS:]
     sizes = [2, *[config.hidden] * config.depth, 1]
@@ -59,7 +61,9 @@ def _fit(
 ) -> tuple[model.Params, jax.Array]:
     # One compiled loop over all steps: a Python loop would pay dispatch overhead on every step, which
     # dominates for a network this small. The learning rate is traced, so a sweep over it compiles once.
-    def step(carry, _):
+    def step(
+        carry: tuple[model.Params, AdamState], _: None
+    ) -> tuple[tuple[model.Params, AdamState], jax.Array]:
         params, state = carry
         loss, grads = jax.value_and_grad(model.loss)(params, x, y)
         params, state = adam_update(params, grads, state, learning_rate)

@@ -71,8 +71,8 @@ class Job(Generic[T]):
             return
         if task.cancelled():
             self.future.cancel()
-        elif task.exception() is not None:
-            self.future.set_exception(task.exception())  # type: ignore[arg-type]
+        elif (error := task.exception()) is not None:
+            self.future.set_exception(error)
         else:
             self.future.set_result(task.result())
 

@@ -8,6 +8,7 @@ and the bridge from its sync form to the async core.
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -23,10 +24,10 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-try:
+if sys.version_info >= (3, 11):
     from typing import Self
-except ImportError:  # Python 3.10
-    from typing_extensions import Self  # type: ignore[assignment]
+else:
+    from typing_extensions import Self
 
 
 class Apparatus:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,9 @@ def _from_pyproject(start: Path) -> str | None:
     for folder in (start, *start.parents):
         pyproject = folder / "pyproject.toml"
         if pyproject.is_file():
-            try:
+            if sys.version_info >= (3, 11):
                 import tomllib
-            except ImportError:  # Python 3.10
+            else:
                 import tomli as tomllib
             with pyproject.open("rb") as file:
                 app = tomllib.load(file).get("tool", {}).get("mini", {}).get("app")

@@ -13,7 +13,6 @@ import importlib.metadata
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 import urllib.parse
@@ -21,7 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from mini.image import ImageSpecError, derive_image_spec
+from mini.image.errors import UvNotFoundError
 from mini.image.project import read_pyproject
+from mini.image.uv_command import find_uv
 from mini.modal_backend.auth import TokenStatus, configured_token, no_token, server_url, verify_token
 from mini.modal_backend.reachability import (
     DEFAULT_TIMEOUT,
@@ -88,7 +89,8 @@ def diagnose(*, timeout: float = DEFAULT_TIMEOUT) -> list[Finding]:
 def _python() -> Finding:
     running = sys.version_info[:3]
     shown = ".".join(map(str, running))
-    bounds = {"modal": importlib.metadata.metadata("modal").get("Requires-Python") or ""}
+    modal_requires = importlib.metadata.metadata("modal").get_all("Requires-Python") or [""]
+    bounds = {"modal": modal_requires[0]}
     with contextlib.suppress(ImageSpecError):  # no project: the image spec check reports it
         bounds["this project"] = (
             read_pyproject(find_project_root()).get("project", {}).get("requires-python", "")
@@ -106,9 +108,10 @@ def _python() -> Finding:
 
 
 def _uv() -> Finding:
-    uv = shutil.which("uv")
-    if uv is None:
-        return Finding("FAIL", "uv", "not on PATH", "`pip install uv` (or `./go install`, which does that)")
+    try:
+        uv = find_uv()
+    except UvNotFoundError as error:
+        return Finding("FAIL", "uv", str(error))  # the message ends with what to do
     try:
         version = subprocess.run([uv, "--version"], capture_output=True, text=True, timeout=30, check=True)
     except (OSError, subprocess.SubprocessError) as error:

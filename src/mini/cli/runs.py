@@ -233,7 +233,8 @@ def _watch_live(the_run: Run[Any]) -> list[CallState]:
         while True:
             states = the_run.states()
             settled = sum(state.settled for state in states)
-            total, completed = len(states), settled
+            total: int | None = len(states)
+            completed = settled
             if the_run.record.kind == "experiment":
                 inner = read_inner_calls(the_run.folder, 0)
                 total = inner.made if inner is not None else None

@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from mini.image.requirements import requirement_name
 from mini.image.spec import ImageSpec
@@ -113,5 +114,8 @@ def _by_name_and_marker(requirements: Sequence[str]) -> dict[tuple[str, str], st
     return keyed
 
 
-def _pair(old: object, new: object) -> tuple | None:
+_T = TypeVar("_T")
+
+
+def _pair(old: _T, new: _T) -> tuple[_T, _T] | None:
     return None if old == new else (old, new)

@@ -74,7 +74,7 @@ def client_loop() -> asyncio.AbstractEventLoop:
     return synchronizer._get_loop(start=True)
 
 
-def _raw(function: Any) -> _Function:
+def _raw(function: Any) -> _Function[Any, Any, Any]:
     """The implementation object behind a `modal.Function` (synchronicity's wrapper)."""
     return synchronizer._translate_in(function)
 
@@ -176,7 +176,9 @@ class MapInvocation:
         self._deliver([Outcome(index, False, failure) for index in indices])
         self._check_done()
 
-    async def _item(self, index: int, payload: bytes, invocation_type: int) -> api_pb2.FunctionPutInputsItem:
+    async def _item(
+        self, index: int, payload: bytes, invocation_type: api_pb2.FunctionCallInvocationType.ValueType
+    ) -> api_pb2.FunctionPutInputsItem:
         function = self._function
         # mini's pickle of (args, kwargs) is the input: the container's modal runtime unpickles it.
         data_format = api_pb2.DATA_FORMAT_PICKLE
@@ -195,6 +197,12 @@ class MapInvocation:
             input=api_pb2.FunctionInput(args_blob_id=blob_id, data_format=data_format, method_name=method),
             blob_upload_results=uploads,
         )
+
+    @property
+    def _started_call_id(self) -> str:
+        """The function call's id, once FunctionMap has answered (nothing that sends it runs before)."""
+        assert self._call_id is not None, "FunctionMap has not answered yet"
+        return self._call_id
 
     # ----- a map --------------------------------------------------------------------------------------
 
@@ -247,7 +255,7 @@ class MapInvocation:
             self._unsent -= len(batch)
             response = await stub.FunctionPutInputs(
                 api_pb2.FunctionPutInputsRequest(
-                    function_id=self._function.object_id, function_call_id=self._call_id, inputs=items
+                    function_id=self._function.object_id, function_call_id=self._started_call_id, inputs=items
                 ),
                 retry=_PUT_RETRY,
             )
@@ -268,7 +276,7 @@ class MapInvocation:
         while True:
             response = await stub.FunctionGetOutputs(
                 api_pb2.FunctionGetOutputsRequest(
-                    function_call_id=self._call_id,
+                    function_call_id=self._started_call_id,
                     timeout=OUTPUTS_TIMEOUT,
                     last_entry_id=cursor,
                     clear_on_success=False,
@@ -344,7 +352,7 @@ class MapInvocation:
         with contextlib.suppress(Exception):
             await self._function.client._stub.FunctionGetOutputs(
                 api_pb2.FunctionGetOutputsRequest(
-                    function_call_id=self._call_id,
+                    function_call_id=self._started_call_id,
                     timeout=0,
                     last_entry_id="0-0",
                     clear_on_success=True,
@@ -377,7 +385,9 @@ class MapInvocation:
         else:
             put = await stub.FunctionPutInputs(
                 api_pb2.FunctionPutInputsRequest(
-                    function_id=self._function.object_id, function_call_id=self._call_id, inputs=[item]
+                    function_id=self._function.object_id,
+                    function_call_id=self._started_call_id,
+                    inputs=[item],
                 ),
                 retry=_PUT_RETRY,
             )
@@ -411,7 +421,7 @@ class MapInvocation:
         while True:
             response = await stub.FunctionGetOutputs(
                 api_pb2.FunctionGetOutputsRequest(
-                    function_call_id=self._call_id,
+                    function_call_id=self._started_call_id,
                     timeout=OUTPUTS_TIMEOUT,
                     last_entry_id="0-0",
                     clear_on_success=True,
@@ -496,8 +506,8 @@ def _raised(
     container runtime (arguments that cannot be unpickled there, sources that cannot be imported)."""
     try:
         raised = deserialize(data, client)
-    except Exception as error:
-        message = f"call #{index} failed on Modal with an error that cannot be rebuilt here ({error})"
+    except Exception as unreadable:
+        message = f"call #{index} failed on Modal with an error that cannot be rebuilt here ({unreadable})"
         raised = RemoteError("unknown", message)
     if isinstance(raised, CallFailed):
         return raised.error

@@ -84,7 +84,7 @@ def _walk(hops: list[Hop], host: str, port: int, use_tls: bool, proxy: str | Non
 
 def _resolve(hops: list[Hop], host: str, *, what: str) -> bool:
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
     except (socket.gaierror, UnicodeError) as error:
         hops.append(
             Hop(
@@ -145,7 +145,7 @@ def _handshake(hops: list[Hop], sock: socket.socket, host: str, timeout: float) 
     sock.settimeout(timeout)
     try:
         with context.wrap_socket(sock, server_hostname=host) as tls:
-            issuer = dict(item[0] for item in tls.getpeercert()["issuer"])  # type: ignore[index]
+            issuer = _names((tls.getpeercert() or {}).get("issuer"))
     except ssl.SSLCertVerificationError as error:
         hops.append(
             Hop(
@@ -179,6 +179,13 @@ def _handshake(hops: list[Hop], sock: socket.socket, host: str, timeout: float) 
         return
     authority = issuer.get("organizationName") or issuer.get("commonName") or "unknown issuer"
     hops.append(Hop("TLS", True, f"chain of {host} verified (issued by {authority}; CAs: {certifi.where()})"))
+
+
+def _names(rdns: object) -> dict[str, str]:
+    """`{"organizationName": "Example CA", ...}` from a certificate's `issuer` as `getpeercert()` gives it."""
+    if not isinstance(rdns, tuple):
+        return {}
+    return {str(rdn[0][0]): str(rdn[0][1]) for rdn in rdns if rdn}
 
 
 def _next_stage(hops: list[Hop], proxy: str | None, use_tls: bool) -> str:

@@ -17,7 +17,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from mini import _loop
@@ -165,7 +165,7 @@ def token_error() -> ModalAuthError:
 
 
 @contextlib.asynccontextmanager
-async def _output():
+async def _output() -> AsyncIterator[None]:
     import modal
 
     with modal.enable_output():

@@ -39,7 +39,7 @@ def run_status(states: Iterable[CallState]) -> Status:
         return "pending"
     for status in ("failed", "cancelled"):
         if counts[status]:
-            return status  # type: ignore[return-value]
+            return status
     return "done"
 
 
