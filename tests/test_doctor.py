@@ -37,19 +37,22 @@ def project(tmp_path: Path) -> Path:
 
 
 def doctor(env: dict[str, str], cwd: Path) -> tuple[int, dict[str, str], str]:
-    """Run `mini doctor`; return its exit status, {check name: its line} and the whole output."""
+    """Run `mini doctor`; return its exit status, {check name: its row} and the whole output."""
     result = run_mini(["doctor", "--timeout", "2"], env, cwd=cwd)
     lines: dict[str, str] = {}
     for line in result.stdout.splitlines():
-        verdict, _, rest = line.partition(" ")
-        if verdict in ("ok", "FAIL", "warn", "skip"):
-            name = rest.strip().split("  ")[0]
-            lines[name] = line
+        cells = _cells(line)
+        if len(cells) == 3 and cells[0] in ("ok", "FAIL", "skip"):
+            lines[cells[1]] = line
     return result.returncode, lines, result.stdout + result.stderr
 
 
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.split("│")]
+
+
 def _verdict(line: str) -> str:
-    return line.split(" ", 1)[0]
+    return _cells(line)[0]
 
 
 def test_everything_fine(tls_emulator: TlsEmulator, project: Path, tmp_path: Path) -> None:
@@ -93,7 +96,9 @@ def test_unreachable_control_plane_is_reported_with_fixes(
     assert _verdict(lines["connection"]) == "skip"
     assert _verdict(lines["TLS"]) == "skip"
     assert _verdict(lines["token"]) == "skip"
-    assert "fix: check the host name and your DNS" in output
+    rows = output.splitlines()
+    under_dns = _cells(rows[rows.index(lines["DNS"]) + 1])
+    assert under_dns[:2] == ["", ""] and under_dns[2].startswith("fix: check the host name and your DNS")
 
 
 def test_a_server_that_never_answers_is_reported_not_waited_on(

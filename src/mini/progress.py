@@ -73,20 +73,8 @@ class Progress:
         if not enabled:
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-        from rich.progress import Progress as RichProgress
 
-        self._bar = RichProgress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[counts]}"),
-            TimeElapsedColumn(),
-            console=Console(file=sys.stderr),
-            redirect_stdout=True,
-            redirect_stderr=True,
-            transient=False,
-        )
+        self._bar = rich_bar(console=Console(file=sys.stderr), redirect_stdout=True, redirect_stderr=True)
         self._task = self._bar.add_task(label, total=total, counts="")
         self._bar.start()
 
@@ -112,3 +100,18 @@ class Progress:
         self._last = counts
         for listener in list(_listeners):
             listener(self._id, counts)
+
+
+def rich_bar(**options: Any) -> Any:
+    """The bar every progress display draws (a map's here, `mini watch`'s in `mini.cli.output`): the label,
+    the bar, done of total, a text field `counts`, the time elapsed. `options` go to `rich.progress.Progress`.
+
+        with rich_bar() as bar:
+            task = bar.add_task("train", total=8, counts="")
+            bar.update(task, completed=3, counts="running 2")
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as RichProgress
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
+    return RichProgress(*columns, TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), **options)

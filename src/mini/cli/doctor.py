@@ -1,5 +1,6 @@
 """`mini doctor`: check what breaks first (uv and the lock, the image spec, Python, the trust store, proxy
-settings, DNS, the TLS chain to Modal, the token) and print each with a fix. Bounded in time, offline too.
+settings, DNS, the TLS chain to Modal, the token) and print a table of them, with a fix under each failure.
+Bounded in time, offline too. The checks are `mini.modal_backend.auth` and `.reachability`'s.
 
     mini doctor
     mini doctor --timeout 3
@@ -19,6 +20,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+from mini.cli.output import render_table
 from mini.image import ImageSpecError, derive_image_spec
 from mini.image.errors import UvNotFoundError
 from mini.image.project import read_pyproject
@@ -38,7 +40,7 @@ _PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
 
 @dataclass(frozen=True)
 class Finding:
-    """One line of the report: `verdict` is "ok", "FAIL", "warn" or "skip"."""
+    """One check of the report: `verdict` is "ok", "FAIL" or "skip"."""
 
     verdict: str
     name: str
@@ -63,14 +65,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print one line per check (and a fix under each problem); 0 when nothing failed, else 1."""
+    """Print a table, one row per check (and a fix under each problem); 0 when nothing failed, else 1."""
     findings = diagnose(timeout=args.timeout)
-    width = max(len(finding.name) for finding in findings)
-    for finding in findings:
-        print(f"{finding.verdict:<5} {finding.name:<{width}}  {finding.detail}", flush=True)
-        if finding.fix:
-            print(f"{'':<5} {'':<{width}}  fix: {finding.fix}", flush=True)
+    print(render_table(["", "CHECK", "RESULT"], _rows(findings)), flush=True)
     return 1 if any(finding.verdict == "FAIL" for finding in findings) else 0
+
+
+def _rows(findings: list[Finding]) -> list[list[str]]:
+    # Each finding's verdict, check and detail, then its fix (if any) on a row of its own, under the detail.
+    rows: list[list[str]] = []
+    for finding in findings:
+        rows.append([finding.verdict, finding.name, finding.detail])
+        if finding.fix:
+            rows.append(["", "", f"fix: {finding.fix}"])
+    return rows
 
 
 def diagnose(*, timeout: float = DEFAULT_TIMEOUT) -> list[Finding]:

@@ -1,15 +1,19 @@
-"""Showing things on the terminal: an experiment's result, and tables of runs and calls (rich, no colour).
+"""Everything the `mini` verbs draw, through rich (no colour): an experiment's result, tables (runs, calls,
+`mini doctor`'s checks) and live progress (`mini watch`). No verb aligns columns or redraws a line itself.
 
 print(render_result([{"lr": 0.1, "loss": 0.25}]))     # records become a table
 print(render_table(["RUN", "STATUS"], [["20261123-170102-a3f9", "done"]]))
+with live_progress("20261123-170102-a3f9") as show:
+    show(3, 8, "running 2")                           # 3 of 8 done
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 _PRETTY_WIDTH = 120
@@ -31,6 +35,22 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: i
 
     table = _table(header, rows, numeric=())
     return _render(Padding(table, (0, 0, 0, indent)) if indent else table, _table_width())
+
+
+@contextlib.contextmanager
+def live_progress(label: str) -> Iterator[Callable[[int, int | None, str], None]]:
+    """A progress bar on the terminal while the block runs (the one a map draws, `mini.progress.rich_bar`).
+    The block redraws it with `show(completed, total, text)`; a total of None draws a bar of unknown length.
+    """
+    from mini.progress import rich_bar
+
+    with rich_bar() as bar:
+        task = bar.add_task(label, total=None, counts="")
+
+        def show(completed: int, total: int | None, text: str) -> None:
+            bar.update(task, completed=completed, total=total, counts=text)
+
+        yield show
 
 
 def _render(renderable: Any, width: int) -> str:

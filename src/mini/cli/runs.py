@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mini.cli.output import render_table
+from mini.cli.output import live_progress, render_table
 from mini.runs import Job, Run, RunError
 from mini.runs.inner_calls import read_inner_calls
 from mini.runs.state import CallState, count_statuses, run_status
@@ -224,12 +224,8 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _watch_live(the_run: Run[Any]) -> list[CallState]:
-    """A rich progress bar of the run's calls (for an experiment, of the calls its main(app) makes)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TextColumn("{task.fields[counts]}"), TimeElapsedColumn()) as bar:
-        task = bar.add_task(the_run.id, total=None, counts="")
+    """A progress bar of the run's calls (for an experiment, of the calls its main(app) makes)."""
+    with live_progress(the_run.id) as show:
         while True:
             states = the_run.states()
             settled = sum(state.settled for state in states)
@@ -240,7 +236,7 @@ def _watch_live(the_run: Run[Any]) -> list[CallState]:
                 total = inner.made if inner is not None else None
                 completed = inner.done + inner.failed + inner.cancelled if inner is not None else 0
             text = f"{run_status(states)} · {_counts_text(the_run, states)}"
-            bar.update(task, completed=completed, total=total, counts=text)
+            show(completed, total, text)
             if settled == len(states):
                 return states
             time.sleep(_WATCH_INTERVAL)
