@@ -121,6 +121,19 @@ def test_check_goes_through_the_proxy(tls_emulator: TlsEmulator, tmp_path: Path)
     assert f"localhost:{tls_emulator.emulator.port}" in proxy.tunnels
 
 
+def test_an_unsafe_trust_store_cache_is_mini_s_error_not_an_answer_of_the_check(
+    tls_emulator: TlsEmulator, tmp_path: Path
+) -> None:
+    # Exit 1 would read as "token rejected" to a script: a trust store mini cannot use has mini's own code.
+    cache = tmp_path / "cache"
+    (cache / "mini").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (cache / "mini" / "tls").symlink_to(tmp_path / "elsewhere")
+    result = check(tls_emulator.environment(cache))
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert result.stderr.startswith("mini auth: ") and "not a directory owned by you" in result.stderr
+
+
 def test_check_closes_stdin(tls_emulator: TlsEmulator, tmp_path: Path) -> None:
     # stdin is a pipe that never ends: reading it after the check returns only because the check closed it.
     script = "import sys; from mini.cli import main; main(['auth', '--check']); print(repr(sys.stdin.read()))"

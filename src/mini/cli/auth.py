@@ -16,7 +16,7 @@ from typing import Any
 from mini.errors import ModalAuthError
 from mini.modal_backend.auth import TokenStatus, check_token, new_token_interactively, store_token
 from mini.modal_backend.reachability import DEFAULT_TIMEOUT
-from mini.tls import TrustStoreError, ensure_grpc_trusts_system_ca
+from mini.tls import ensure_grpc_trusts_system_ca
 
 # `--check`'s answer, as scripts read it.
 EXIT_STATUS = {
@@ -44,12 +44,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Store or check the token; the exit status says how it went (`EXIT_STATUS` for `--check`)."""
-    try:
-        return _check(args.timeout) if args.check else _store(args.profile)
-    except TrustStoreError as error:
-        print(f"mini auth: {error}", file=sys.stderr)
-        return 1
+    """Store or check the token; the exit status says how it went (`EXIT_STATUS` for `--check`). A
+    `TrustStoreError` ends `mini` as on every verb (exit 6), never as an answer `--check` gives."""
+    return _check(args.timeout) if args.check else _store(args.profile)
 
 
 def _check(timeout: float) -> int:
