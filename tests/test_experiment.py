@@ -125,7 +125,7 @@ def test_adam_first_step_moves_each_weight_by_the_learning_rate_against_its_grad
     grads = {"w": jnp.array([5.0, -0.01, 300.0])}
     new_params, state = adam_update(params, grads, adam_init(params), 0.1)
     np.testing.assert_allclose(new_params["w"], [0.9, 1.1, 0.9], rtol=1e-5)
-    assert int(state.count) == 1
+    assert int(state.step) == 1
 
 
 def test_loss_is_binary_cross_entropy_and_finite_for_confident_predictions():
