@@ -249,7 +249,7 @@ def _serve(sock: socket.socket, isolated: bool) -> None:
     channel = _Channel(sock)
     channel.send(("ready", sys.version_info[:2], placement_here()))
     outputs = [_CallOutput("stdout", sys.stdout), _CallOutput("stderr", sys.stderr)]
-    sys.stdout, sys.stderr = outputs  # type: ignore[assignment]
+    sys.stdout, sys.stderr = outputs
     prepare = _explaining if isolated else _calling
     inbox = _start_reader(sock, channel, fresh_buffer)
     _start_flusher(channel)

@@ -173,8 +173,9 @@ class _Worker:
             while (message := await _receive(self._loop, self._sock)) is not None:
                 if message[0] == "reply":
                     _, batch, results, elapsed, events = message
-                    reply, owner = self._waiting.get(batch, (None, None))
-                    if owner is not None:
+                    waiting = self._waiting.get(batch)
+                    if waiting is not None:
+                        reply, owner = waiting
                         owner.take_events(events, self.placement)
                         if not reply.done():
                             reply.set_result((results, elapsed))
@@ -347,11 +348,11 @@ class ProcessPool:
                 finally:
                     self._busy.pop(slot, None)
         finally:
-            worker = self._processes[position]
-            if worker is not None and slot < self.workers:  # the first driver of a worker ends it
+            ending = self._processes[position]
+            if ending is not None and slot < self.workers:  # the first driver of a worker ends it
                 self._processes[position] = None
-                worker.kill()
-                await worker.echoed()
+                ending.kill()
+                await ending.echoed()
 
     async def aclose(self) -> None:
         drivers, self._drivers = self._drivers, []

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from mini.dispatch import Dispatch
+from mini.dispatch import CallEvent, Dispatch
 from mini.errors import StartupTimeoutError
 from mini.modal_backend._invocation import MapInvocation
 from mini.serialization import Call, Outcome
@@ -23,7 +23,7 @@ class ModalDispatch(Dispatch):
         self._window = window
         self._startup_timeout = startup_timeout
         self._outstanding: set[int] = set()
-        self._ready: list[Outcome] = []
+        self._ready: list[Outcome | CallEvent] = []
         self._arrived = asyncio.Event()
         self._any_result = False
 
@@ -49,7 +49,7 @@ class ModalDispatch(Dispatch):
             self._ready.extend(fresh)
             self._arrived.set()
 
-    async def outcomes(self) -> list[Outcome]:
+    async def outcomes(self) -> list[Outcome | CallEvent]:
         while not self._ready:
             self._arrived.clear()
             if self._any_result:
