@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any
 
+from mini.cli.failures import UsageError
 from mini.errors import ModalAuthError
 from mini.modal_backend.auth import TokenStatus, check_token, new_token_interactively, store_token
 from mini.modal_backend.reachability import DEFAULT_TIMEOUT
@@ -64,8 +65,7 @@ def _store(profile: str | None) -> int:
         print(f"stored token {token_id} in {path} (owner-only); check it with `./go auth --check`")
         return 0
     if token_id or token_secret:
-        print("mini auth: set both MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or neither.", file=sys.stderr)
-        return 2
+        raise UsageError("set both MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or neither.")
     try:
         path = new_token_interactively(profile=profile)
     except ModalAuthError as error:
