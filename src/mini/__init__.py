@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from mini.options import Options
     from mini.reports import Placement, Report, report
     from mini.runs import Job, Run
+    from mini.volumes import Volume
 
 __all__ = [
     "Apparatus",
@@ -45,6 +46,7 @@ __all__ = [
     "Report",
     "Run",
     "SerializationError",
+    "Volume",
     "WorkerCrashed",
     "report",
 ]
@@ -65,6 +67,7 @@ _WHERE = {
     "OptionError": "mini.errors",
     "RemoteError": "mini.errors",
     "SerializationError": "mini.errors",
+    "Volume": "mini.volumes",
     "WorkerCrashed": "mini.errors",
 }
 

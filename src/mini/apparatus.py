@@ -20,6 +20,7 @@ from mini.options import Options
 
 if TYPE_CHECKING:
     from mini.runs import Job, Run
+    from mini.volumes import Volume
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -65,6 +66,18 @@ class Apparatus:
         variant.options = self.options.merged(options)
         self.backend.check(variant.options)
         return variant
+
+    def volume(self, name: str) -> Volume:
+        """A named file store that outlives calls, made on first use; every call of this apparatus and of
+        its `.w()` variants sees it at `.path` (see `mini.Volume`). A bad name is an `OptionError`.
+
+        >>> ckpt = app.volume("checkpoints")
+        >>> app.run(train, cfg, ckpt)          # train writes under ckpt.path
+        >>> ckpt.listdir("")
+        """
+        from mini.volumes import Volume, check_name
+
+        return Volume(name, self.backend.volume_store(check_name(name)))
 
     def close(self) -> None:
         """Stop workers and release resources (of this apparatus and its variants, which share them). The

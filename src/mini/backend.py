@@ -6,6 +6,7 @@ A backend is one object, shared by an apparatus and all its `.w()` variants, tha
 - refuses options it cannot honour (`check`);
 - opens one `Dispatch` per map: calls in, outcomes out (`open_dispatch`, see `mini.dispatch`);
 - names the `Launcher` that starts its detached calls (`launcher`, see `mini.runs.launcher`);
+- provides the storage behind `app.volume(name)` (`volume_store`, see `mini.volumes`);
 - releases what it holds (`close`).
 
 Everything users can observe about ordering, errors, retries and cancellation is written once above this
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from mini.dispatch import Dispatch
     from mini.options import Options
     from mini.runs.launcher import Launcher
+    from mini.volumes import VolumeStore
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,14 @@ class Backend(ABC):
         raise NotSupportedError(
             f"the {self.kind} backend ({type(self).__name__}) cannot launch detached runs; "
             "use LocalApparatus or ModalApparatus for spawn and spawn_map."
+        )
+
+    def volume_store(self, name: str) -> VolumeStore:
+        """The storage of volume `name` (already checked by `mini.volumes.check_name`), made on first use,
+        persistent, and seen by every call of this backend; a backend without volumes keeps this default."""
+        raise NotSupportedError(
+            f"the {self.kind} backend ({type(self).__name__}) has no volumes; "
+            "use LocalApparatus or ModalApparatus for app.volume()."
         )
 
     @abstractmethod

@@ -7,7 +7,8 @@
         ...
 
 The `.mini/` layout: `runs/` (detached runs), `exports/` (cached `uv export` output), `sources/` (snapshots of
-the shipped sources for isolated workers), `last_spec.json` (the image spec last dispatched).
+the shipped sources for isolated workers), `volumes/` (the local backends' volumes, a folder each),
+`last_spec.json` (the image spec last dispatched).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mini.image.errors import ProjectNotFoundError
 
@@ -71,6 +72,14 @@ def state_path(project_root: Path, *parts: str, create: bool = True) -> Path:
     return folder
 
 
+def volume_folder(project_root: Path, name: str) -> Path:
+    """`<project>/.mini/volumes/NAME`, the folder holding a local volume's files (created).
+
+    volume_folder(root, "checkpoints")   # <root>/.mini/volumes/checkpoints
+    """
+    return state_path(project_root, "volumes", name)
+
+
 def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Replace `path` with `data` whole: readers see the old content or the new, never a mix, even with
     other processes writing the same path at once (each writes its own temporary file first).
@@ -80,11 +89,23 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
 
     >>> atomic_write(folder / "run.json", b"{...}")
     """
+    with atomic_file(path, durable=durable) as file:
+        file.write(data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """A file to write `path`'s new content into, in pieces; it replaces `path` whole when the block ends
+    (as `atomic_write` does), and is discarded if the block raises.
+
+    with atomic_file(target, durable=False) as out:
+        shutil.copyfileobj(source, out)
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
-            file.write(data)
+            yield file
             if durable:
                 file.flush()
                 os.fsync(file.fileno())

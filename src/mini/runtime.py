@@ -22,6 +22,7 @@ import contextvars
 import threading
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 LOCAL = "local"
@@ -49,11 +50,16 @@ class EventSink(Protocol):
 class CallContext:
     """Where a call is running: its position in the map (None where the backend does not tell the callee,
     as on Modal, whose caller knows each input by its id), the backend's kind ("local", "modal"), and
-    where its events go (None: nowhere, e.g. a detached call that keeps no reports)."""
+    where its events go (None: nowhere, e.g. a detached call that keeps no reports).
+
+    `volumes` is the folder where this call sees its backend's volumes (`volumes / NAME`), for a backend
+    whose calls see them somewhere other than the caller does (on Modal, where mini mounts them). None
+    where a volume's own folder is valid in the call as it is for the caller (the local backends)."""
 
     index: int | None
     backend: str
     events: EventSink | None = None
+    volumes: Path | None = None
 
 
 _current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("mini_call", default=None)

@@ -28,7 +28,9 @@ class LocalApparatus(Apparatus):
       settings), in a fresh empty working directory. A missing dependency, an unshipped module, a variable
       of your shell or a file of your checkout fails here as it would remotely.
 
-    Honours the options `timeout`, `retries` and `env`; other options are recorded and ignored.
+    Honours the options `timeout`, `retries` and `env`; `volumes` (Modal volumes) is refused, since
+    `app.volume(name)` is the portable way (a folder under `.mini/volumes/`); other options are recorded
+    and ignored.
     """
 
     backend: LocalBackend

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from mini.dispatch import Dispatch
     from mini.options import Options
     from mini.runs.launcher import Launcher
+    from mini.volumes import VolumeStore
 
 Mode = Literal["thread", "process", "isolated"]
 MODES: tuple[str, ...] = ("thread", "process", "isolated")
@@ -47,6 +48,21 @@ class LocalBackend(Backend):
         # One pool per `concurrent_inputs` setting, so that a worker never mixes the two kinds of work.
         self._threads: dict[int, ThreadPool] = {}
         self._processes: dict[int, ProcessPool] = {}
+
+    def check(self, options: Options) -> None:
+        if options.volumes:
+            raise OptionError(
+                "volumes= mounts Modal volumes, which the local backend cannot provide. Use "
+                "app.volume(NAME), the portable volume: a folder under .mini/volumes/ here, a Modal Volume "
+                "on Modal, at NAME.path in every call."
+            )
+
+    def volume_store(self, name: str) -> VolumeStore:
+        # Workers share this machine's filesystem, so the folder's own path is right in every call.
+        from mini.project import find_project_root, volume_folder
+        from mini.volumes import FolderStore
+
+        return FolderStore(name, volume_folder(find_project_root(), name))
 
     async def open_dispatch(
         self, fn: Callable[..., Any], fn_blob: bytes, options: Options, *, ordered: bool

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from mini.dispatch import Dispatch
     from mini.options import Options
     from mini.runs.launcher import Launcher
+    from mini.volumes import VolumeStore
 
 # Inputs in flight per map: enough to keep many containers busy, few enough to bound memory.
 _WINDOW = 512
@@ -40,7 +41,8 @@ class ModalBackend(Backend):
     ) -> Dispatch:
         from mini.modal_backend.dispatch import ModalDispatch
 
-        function = await self.session.function_for(function_name(fn, fn_blob, options), fn_blob, options)
+        name = function_name(fn, fn_blob, options, list(self.session.volumes))
+        function = await self.session.function_for(name, fn_blob, options)
         startup = options.startup_timeout or modal_options.DEFAULT_STARTUP_TIMEOUT
         return ModalDispatch(function, window=_WINDOW, startup_timeout=startup)
 
@@ -48,6 +50,9 @@ class ModalBackend(Backend):
         from mini.modal_backend.runs import ModalLauncher
 
         return ModalLauncher(self.session, name, options)
+
+    def volume_store(self, name: str) -> VolumeStore:
+        return self.session.volume(name)
 
     def close(self) -> None:
         _loop.close(self.session.aclose())

@@ -17,7 +17,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from mini import _loop
@@ -27,6 +27,7 @@ from mini.options import Options
 
 if TYPE_CHECKING:
     from mini.image import ImageSpec
+    from mini.modal_backend.volumes import ModalVolumeStore
 
 
 # Sessions with a running app, held here so that an apparatus dropped without close() still has its apps
@@ -43,12 +44,15 @@ def _stop_apps_at_exit() -> None:
 
 
 class Session:
-    """What an apparatus and its variants share: the image spec, images, and the running apps."""
+    """What an apparatus and its variants share: the image spec, images, volumes and the running apps."""
 
     def __init__(self, name: str) -> None:
         self._name = name
         self._spec: Any = None
         self._images: dict[int, Any] = {}
+        # Mounted in every function started from now on; a function's name covers them (`function_name`),
+        # so a volume made after a function's app started gets that function a new app.
+        self.volumes: dict[str, ModalVolumeStore] = {}
         # One ephemeral app per function (a running app cannot gain functions), each with its exit stack.
         self._running: dict[str, tuple[Any, contextlib.AsyncExitStack]] = {}
         self._lock: asyncio.Lock | None = None
@@ -70,6 +74,18 @@ class Session:
                     atexit.register(_stop_apps_at_exit)
                 _with_running_apps.add(self)
             return self._running[name][0]
+
+    def volume(self, name: str) -> ModalVolumeStore:
+        """The store of mini volume `name`: a Modal Volume named after the project and `name`."""
+        if name not in self.volumes:
+            from mini.image.project import read_pyproject
+            from mini.modal_backend.volumes import ModalVolumeStore, modal_volume_name
+            from mini.project import find_project_root
+
+            root = find_project_root()
+            project = read_pyproject(root).get("project", {}).get("name") or root.name
+            self.volumes[name] = ModalVolumeStore(name, modal_volume_name(project, name))
+        return self.volumes[name]
 
     async def stop(self, name: str) -> None:
         """Stop the app running `name`, killing its containers; the next call starts it afresh."""
@@ -97,6 +113,7 @@ class Session:
 
         from mini.modal_backend.entry import bind
         from mini.modal_backend.image import build_image
+        from mini.modal_backend.volumes import mounts
 
         spec = await self.image_spec()
         key = id(options.image)
@@ -105,10 +122,13 @@ class Session:
         arguments = modal_options.function_arguments(options)
         if options.timeout:
             arguments["timeout"] = max(1, math.ceil(options.timeout))
+        stores = list(self.volumes.values())
+        if stores:
+            arguments["volumes"] = {**arguments.get("volumes", {}), **mounts(stores)}
         app = modal.App(f"mini-{self._name}")
         function = app.function(
             name=name, serialized=True, image=self._images[key], include_source=False, **arguments
-        )(bind(fn_blob))
+        )(bind(fn_blob, [store.modal_volume() for store in stores]))
         return app, function
 
     async def _start(
@@ -172,15 +192,17 @@ async def _output() -> AsyncIterator[None]:
         yield
 
 
-def function_name(fn: Callable[..., Any], fn_blob: bytes, options: Options) -> str:
-    """`train-3fa2c1`: readable on the dashboard, and distinct per function body and options, since Modal
-    lets a later function of the same name replace an earlier one."""
-    return readable_name(getattr(fn, "__name__", "call"), fn_blob, options)
+def function_name(
+    fn: Callable[..., Any], fn_blob: bytes, options: Options, volumes: Iterable[str] = ()
+) -> str:
+    """`train-3fa2c1`: readable on the dashboard, and distinct per function body, options and mounted
+    volumes, since Modal lets a later function of the same name replace an earlier one."""
+    return readable_name(getattr(fn, "__name__", "call"), fn_blob, options, volumes)
 
 
-def readable_name(base: str, fn_blob: bytes, options: Options) -> str:
+def readable_name(base: str, fn_blob: bytes, options: Options, volumes: Iterable[str] = ()) -> str:
     """`function_name` from the function's name alone (a detached launch has only the pickled function)."""
     base = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-") or "call"
-    settings = repr(sorted(options.where_calls_run().items()))
+    settings = repr(sorted(options.where_calls_run().items())) + (repr(sorted(volumes)) if volumes else "")
     digest = hashlib.sha256(fn_blob + settings.encode()).hexdigest()[:6]
     return f"{base[:40]}-{digest}"
