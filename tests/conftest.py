@@ -8,7 +8,8 @@ import cloudpickle
 import pytest
 
 import tests.behaviour.calls
-from mini import Apparatus, LocalApparatus
+from mini import Apparatus
+from tests.support.backends import make_apparatus
 
 pytest_plugins = ["tests.emulator.fixtures"]
 
@@ -29,16 +30,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def app(backend: str, request: pytest.FixtureRequest) -> Iterator[Apparatus]:
     if backend == "modal":
-        from mini import ModalApparatus
-
         request.getfixturevalue("modal_emulator")
-        apparatus: Apparatus = ModalApparatus("suite-modal", max_containers=2)
-    elif backend == "subprocess":  # defined in the tests, against mini.backend alone
-        from tests.support.subprocess_backend import SubprocessBackend
-
-        apparatus = Apparatus("suite-subprocess", SubprocessBackend(workers=2))
-    else:
-        apparatus = LocalApparatus(f"suite-{backend}", workers=2, mode=backend)
+    apparatus = make_apparatus(backend)
     try:
         yield apparatus
     finally:

@@ -154,3 +154,46 @@ def where_am_i(x: int) -> tuple:
 
     context = current()
     return (None, None) if context is None else (context.index, context.backend)
+
+
+# ----- volumes: each takes the `mini.Volume` handle as an argument (it pickles) ----------------------------
+
+
+def write_in_volume(volume, path: str, data: bytes) -> str:
+    """Write `data` at `path` under `volume.path`, where the call runs; return the folder it wrote in."""
+    target = volume.path / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return str(volume.path)
+
+
+def read_in_volume(volume, path: str) -> bytes | None:
+    """The bytes at `path` under `volume.path`, or None if there is no such file where the call runs."""
+    target = volume.path / path
+    return target.read_bytes() if target.is_file() else None
+
+
+def write_then_fail(volume, path: str) -> None:
+    """A call that fails after writing part of its output (a partial checkpoint)."""
+    target = volume.path / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"partial")
+    raise RuntimeError("failed after writing a partial checkpoint")
+
+
+def use_volume_api(volume, operation: str, path: str):
+    """One of the handle's methods, called inside a call (where it uses the volume as the call sees it)."""
+    if operation == "read_bytes":
+        return volume.read_bytes(path)
+    if operation == "listdir":
+        return volume.listdir(path)
+    raise ValueError(f"unknown operation {operation!r}")
+
+
+def read_beside(volume, path: str, folder: str, me: int, others: int) -> tuple[str, bytes | None]:
+    """Read `path` in `volume` while `others` other calls run too (each waits until all have started, so
+    that each runs in a container of its own); returns (the container's task id, what this call read)."""
+    Path(folder, f"started-{me}").touch()
+    for other in range(others + 1):
+        wait_for(os.path.join(folder, f"started-{other}"))
+    return os.environ.get("MODAL_TASK_ID", ""), read_in_volume(volume, path)

@@ -4,7 +4,9 @@ each call runs in a fresh Python process of its own. The behaviour suite runs on
     app = Apparatus("suite", SubprocessBackend(workers=2))
 
 Timeouts and cancellation kill the call's process; a process that dies without answering fails its call with
-`WorkerCrashed`; retries, ordering and everything else come from the base.
+`WorkerCrashed`; retries, ordering and everything else come from the base. Its volumes are folders of the
+project's `.mini/volumes/`, and each call is told where they are (`CallContext.volumes`), as a backend whose
+calls see volumes somewhere else than the caller would tell them.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import pickle
 import sys
 from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from mini.backend import Backend, Capabilities
 from mini.dispatch import Dispatch
 from mini.errors import CallTimeoutError, WorkerCrashed
 from mini.options import Options
+from mini.project import find_project_root, state_path, volume_folder
 from mini.serialization import Call, Outcome
+from mini.volumes import FolderStore, VolumeStore
 
 # The child: read (function, payload) from stdin, say it is ready (a call's timeout counts from then, as a
 # container's does on Modal), run it with mini's own call runner, and write the outcome to the descriptor it
@@ -33,7 +38,7 @@ answer = os.fdopen(os.dup(1), "wb")
 os.dup2(2, 1)
 from mini.runtime import CallContext
 from mini.serialization import Call, Outcome, encode_error, loads, run_call
-fn_blob, index, payload = pickle.load(sys.stdin.buffer)
+fn_blob, index, payload, volumes = pickle.load(sys.stdin.buffer)
 try:
     fn = loads(fn_blob)
 except Exception as exc:
@@ -41,7 +46,7 @@ except Exception as exc:
 else:
     answer.write(b"R")
     answer.flush()
-    outcome = run_call(fn, Call(index, payload), context=CallContext(index, "subprocess"))
+    outcome = run_call(fn, Call(index, payload), context=CallContext(index, "subprocess", volumes))
 answer.write(pickle.dumps((outcome.ok, outcome.data)))
 answer.flush()
 """
@@ -57,7 +62,10 @@ class SubprocessBackend(Backend):
     async def open_dispatch(
         self, fn: Callable[..., Any], fn_blob: bytes, options: Options, *, ordered: bool
     ) -> Dispatch:
-        return _SubprocessDispatch(fn_blob, options, self.workers)
+        return _SubprocessDispatch(fn_blob, options, self.workers, state_path(find_project_root(), "volumes"))
+
+    def volume_store(self, name: str) -> VolumeStore:
+        return FolderStore(name, volume_folder(find_project_root(), name), backend=self.kind)
 
     def close(self) -> None:
         """Nothing outlives a map: each dispatch stops its own processes."""
@@ -67,8 +75,9 @@ class SubprocessBackend(Backend):
 
 
 class _SubprocessDispatch(Dispatch):
-    def __init__(self, fn_blob: bytes, options: Options, workers: int) -> None:
+    def __init__(self, fn_blob: bytes, options: Options, workers: int, volumes: Path) -> None:
         self._fn_blob = fn_blob
+        self._volumes = volumes
         self._timeout = options.timeout
         self._env = {
             **os.environ,
@@ -109,7 +118,7 @@ class _SubprocessDispatch(Dispatch):
         )
         assert process.stdin is not None and process.stdout is not None
         try:
-            process.stdin.write(pickle.dumps((self._fn_blob, call.index, call.payload)))
+            process.stdin.write(pickle.dumps((self._fn_blob, call.index, call.payload, self._volumes)))
             process.stdin.close()
             ready = await process.stdout.read(1)
             answer = ready if ready != b"R" else b""
