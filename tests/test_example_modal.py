@@ -6,8 +6,9 @@ The plot is covered in tests/test_experiment.py: it only reads the results, wher
 from __future__ import annotations
 
 import math
+import uuid
 
-from experiment.sweep import grid, sweep
+from experiment.sweep import grid, summarise, sweep
 from mini import ModalApparatus
 
 
@@ -15,7 +16,14 @@ def test_the_sweep_runs_on_modal_and_reports_the_device_it_ran_on(modal_emulator
     configs = grid(learning_rates=[5e-2, 1e-1], widths=[8], steps=60)
     # One container: importing JAX and compiling the training loop is most of the cost, and happens once.
     with ModalApparatus("spirals", max_containers=1).w(gpu="A100") as app:
-        results = sweep(app, configs)
+        runs = app.volume(f"spirals-{uuid.uuid4().hex[:8]}")
+        summaries = sweep(app, configs, runs)
+        # The aggregate step: one more call, reading what the training calls left on the volume.
+        results = app.run(summarise, runs, [config.name for config in configs])
+
+    assert all("losses" not in summary for summary in summaries)
+    assert runs.listdir("") == sorted(config.name for config in configs)
+    assert sorted(result["best"] for result in results) == ["", "yes"]
 
     assert [(r["learning_rate"], r["hidden"], r["steps"]) for r in results] == [(5e-2, 8, 60), (1e-1, 8, 60)]
     for result in results:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import pickle
+import shutil
 import subprocess
 import sys
+import uuid
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +21,10 @@ from experiment import model
 from experiment.adam import adam_init, adam_update
 from experiment.config import TrainConfig
 from experiment.data import two_spirals
-from experiment.sweep import grid, plot, sweep
+from experiment.sweep import grid, plot, summarise, sweep
 from experiment.train import train
 from mini import LocalApparatus
+from mini.project import find_project_root, state_path
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Small enough to finish in seconds, large enough that every config clearly learns.
@@ -80,6 +84,30 @@ def test_plot_writes_a_png_that_matplotlib_reads_back(results, tmp_path):
     assert height > 100 and width > 100 and channels in (3, 4)
     # A blank canvas would be a single colour; curves, axes and legend are not.
     assert len(np.unique(image.reshape(-1, channels), axis=0)) > 10
+
+
+def test_with_a_volume_each_run_stores_its_parameters_and_curve_and_a_call_picks_the_best(tmp_path):
+    configs = grid(learning_rates=[2e-2, 5e-2], widths=[8], steps=150)
+    name = f"experiment-test-{uuid.uuid4().hex[:8]}"
+    try:
+        with LocalApparatus("experiment-test", workers=2, mode="process") as app:
+            runs = app.volume(name)
+            summaries = sweep(app, configs, runs)
+            rows = app.run(summarise, runs, [config.name for config in configs])
+        assert runs.listdir("") == sorted(config.name for config in configs)
+        for summary, row, config in zip(summaries, rows, configs, strict=True):
+            assert "losses" not in summary  # the curve stays on the volume
+            assert runs.listdir(config.name) == ["losses.json", "params.npz", "summary.json"]
+            assert json.loads(runs.read_bytes(f"{config.name}/summary.json")) == summary
+            _assert_learned(row, config)
+            params = np.load(runs.download(f"{config.name}/params.npz", tmp_path / f"{config.name}.npz"))
+            assert params["w0"].shape == (2, 8) and params["b2"].shape == (1,)
+        best = max(rows, key=lambda row: (row["accuracy"], -row["final_loss"]))
+        assert [row["best"] for row in rows] == ["yes" if row is best else "" for row in rows]
+        plot(rows, tmp_path / "best.png")
+        assert (tmp_path / "best.png").read_bytes().startswith(_PNG_SIGNATURE)
+    finally:
+        shutil.rmtree(state_path(find_project_root(), "volumes", name, create=False), ignore_errors=True)
 
 
 def test_plot_without_results_says_so(tmp_path):

@@ -1,6 +1,7 @@
-"""What only Modal's volumes have: the Modal Volume behind a mini volume, where mini mounts it, and the reload
-before and commit after each call that make a call's files visible elsewhere (proven necessary here with an
-emulator that does not commit in the background). The portable behaviour is in tests/behaviour/test_volumes.py.
+"""What only Modal's volumes have: the Modal Volume behind a mini volume, where mini mounts it, and the
+reload before and commit after each call that make a call's files visible elsewhere (proven necessary here
+with an emulator that does not commit in the background). The portable behaviour is in
+tests/behaviour/test_volumes.py.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def explicit_commits_only() -> Iterator[None]:
         yield
 
 
-def test_without_minis_commit_neither_the_caller_nor_another_container_sees_a_calls_file(explicit_commits_only):
+def test_without_minis_commit_neither_the_caller_nor_another_container_sees_a_calls_file(
+    explicit_commits_only,
+):
     name = _unique("commit")
     with ModalApparatus("commit-proof", max_containers=1) as mini_app, ModalApparatus("raw-mount") as raw_app:
         volume = mini_app.volume(name)
@@ -70,14 +73,20 @@ def test_a_warm_container_reloads_before_each_call_to_see_what_was_committed_sin
         first, second = tmp_path / "first", tmp_path / "second"
         first.mkdir()
         second.mkdir()
-        before = list(app.map(calls.read_beside, [volume] * 2, ["news.txt"] * 2, [str(first)] * 2, [0, 1], [1, 1]))
+        before = list(
+            app.map(calls.read_beside, [volume] * 2, ["news.txt"] * 2, [str(first)] * 2, [0, 1], [1, 1])
+        )
         (tmp_path / "news.txt").write_bytes(b"uploaded after the containers mounted the volume")
         volume.upload(tmp_path / "news.txt", "news.txt")
-        after = list(app.map(calls.read_beside, [volume] * 2, ["news.txt"] * 2, [str(second)] * 2, [0, 1], [1, 1]))
+        after = list(
+            app.map(calls.read_beside, [volume] * 2, ["news.txt"] * 2, [str(second)] * 2, [0, 1], [1, 1])
+        )
 
     assert [read for _, read in before] == [None, None]
     # The same two containers, each of which mounted the volume before the upload, both see the file.
-    assert {task for task, _ in after} == {task for task, _ in before} and len(set(task for task, _ in after)) == 2
+    assert {task for task, _ in after} == {task for task, _ in before} and len(
+        set(task for task, _ in after)
+    ) == 2
     assert [read for _, read in after] == [b"uploaded after the containers mounted the volume"] * 2
 
 
@@ -132,7 +141,9 @@ def test_a_volume_of_another_apparatus_or_backend_is_not_mounted_in_the_call(mod
             with pytest.raises(MiniError, match="belongs to the local backend"):
                 runner.run(calls.read_in_volume, local, "x")
     finally:
-        shutil.rmtree(state_path(find_project_root(), "volumes", local.name, create=False), ignore_errors=True)
+        shutil.rmtree(
+            state_path(find_project_root(), "volumes", local.name, create=False), ignore_errors=True
+        )
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,15 @@ import threading
 
 import pytest
 
-from mini.project import atomic_write, exclusive_lock, find_project_root, state_dir, state_path
+from mini.project import (
+    atomic_file,
+    atomic_write,
+    exclusive_lock,
+    find_project_root,
+    state_dir,
+    state_path,
+    volume_folder,
+)
 
 
 def test_the_state_folder_is_created_on_first_use_and_ignores_itself_in_git(tmp_path):
@@ -27,6 +35,25 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporary_file(tmp_path
     atomic_write(path, json.dumps({"v": 2}).encode(), durable=False)
     assert json.loads(path.read_text()) == {"v": 2}
     assert [p.name for p in path.parent.iterdir()] == ["f.json"]
+
+
+def test_atomic_file_writes_in_pieces_and_a_failed_write_leaves_the_old_file(tmp_path):
+    path = tmp_path / "big.bin"
+    with atomic_file(path, durable=False) as out:
+        for piece in (b"a" * 10, b"b" * 10):
+            out.write(piece)
+        assert not path.exists()  # nothing under the name until the block ends
+    assert path.read_bytes() == b"a" * 10 + b"b" * 10
+    with pytest.raises(OSError, match="disk"), atomic_file(path) as out:
+        out.write(b"half")
+        raise OSError("disk went away")
+    assert path.read_bytes() == b"a" * 10 + b"b" * 10
+    assert [p.name for p in tmp_path.iterdir()] == ["big.bin"]
+
+
+def test_a_volumes_folder_is_under_the_state_folder(tmp_path):
+    assert volume_folder(tmp_path, "ckpt") == tmp_path / ".mini" / "volumes" / "ckpt"
+    assert (tmp_path / ".mini" / "volumes" / "ckpt").is_dir()
 
 
 def _write_many(path: str, writer: int) -> None:

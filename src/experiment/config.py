@@ -20,6 +20,16 @@ class TrainConfig:
     steps: int = 1000
     seed: int = 0
 
+    @property
+    def name(self) -> str:
+        """A name for the run, usable as a folder name.
+
+        Example:
+            >>> TrainConfig(learning_rate=1e-2, hidden=32, steps=200).name
+            'lr0.01-h32-d2-s200-seed0'
+        """
+        return f"lr{self.learning_rate:g}-h{self.hidden}-d{self.depth}-s{self.steps}-seed{self.seed}"
+
     def __post_init__(self) -> None:
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")

@@ -1,12 +1,15 @@
 """A learning-rate by width sweep over `experiment.train.train`, run on whatever apparatus it is given.
 
 Run it with `bin/mini run experiment.sweep` (add `--plot curves.png` for the loss curves); the same file
-runs on a GPU with `--app modal --gpu A100`.
+runs on a GPU with `--app modal --gpu A100`. Each training call writes its parameters and loss curve to the
+volume `spirals` and returns a small summary; one more call on the same apparatus (`summarise`) reads the
+volume, picks the best configuration and gathers the curves the plot draws.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -14,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 from experiment.config import TrainConfig
 
 if TYPE_CHECKING:
-    from mini import Apparatus
+    from mini import Apparatus, Volume
+
+VOLUME = "spirals"
 
 
 def grid(
@@ -34,8 +39,9 @@ def grid(
     ]
 
 
-def sweep(app: Apparatus, configs: Iterable[TrainConfig]) -> list[dict[str, Any]]:
+def sweep(app: Apparatus, configs: Iterable[TrainConfig], runs: Volume | None = None) -> list[dict[str, Any]]:
     """Train one model per config on `app`, in parallel as far as it allows; one result per config, in order.
+    With `runs`, each call writes its parameters and loss curve there and returns only its summary.
 
     Example:
         >>> from mini import LocalApparatus
@@ -46,22 +52,45 @@ def sweep(app: Apparatus, configs: Iterable[TrainConfig]) -> list[dict[str, Any]
     # that only dispatches the sweep (or just plots its results) never needs it.
     from experiment.train import train
 
-    return list(app.map(train, configs))
+    return list(app.map(train, configs, kwargs={"runs": runs}))
+
+
+def summarise(runs: Volume, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Run as a call: read the runs `names` from the volume, mark the best (highest held-out accuracy, then
+    lowest final loss) with `best="yes"`, and return each summary with its loss curve for the plot.
+
+    Example:
+        >>> rows = app.run(summarise, app.volume("spirals"), [config.name for config in configs])
+    """
+    rows = []
+    for name in names:
+        folder = runs.path / name
+        summary = json.loads((folder / "summary.json").read_text())
+        rows.append({**summary, "best": "", "losses": json.loads((folder / "losses.json").read_text())})
+    if rows:
+        max(rows, key=lambda row: (row["accuracy"], -row["final_loss"]))["best"] = "yes"
+    return rows
 
 
 def main(app: Apparatus) -> list[dict[str, Any]]:
-    """The default sweep (six configs); what `bin/mini run experiment.sweep` calls.
+    """The default sweep (six configs) into the volume `spirals`, then `summarise` as one more call; what
+    `bin/mini run experiment.sweep` calls.
 
     Example:
         >>> from mini import LocalApparatus
         >>> with LocalApparatus("spirals", workers=2) as app:
         ...     results = main(app)
     """
-    return sweep(app, grid())
+    runs = app.volume(VOLUME)
+    configs = grid()
+    sweep(app, configs, runs)
+    return app.run(summarise, runs, [config.name for config in configs])
 
 
 def plot(results: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> None:
-    """Write the loss curve of every result in `results` to a PNG at `path`, one line per config.
+    """Write the loss curve of every result in `results` to a PNG at `path`, one line per config (the
+    best, if `summarise` marked one, drawn thicker). Drawn where it is called: matplotlib is in the `local`
+    group, never shipped to a call.
 
     Example:
         >>> plot(results, "curves.png")
@@ -79,7 +108,7 @@ def plot(results: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Non
     fig = Figure(figsize=(7, 4.5), layout="tight")
     ax = fig.subplots()
     for result in results:
-        ax.plot(result["losses"], label=_label(result), linewidth=1.2)
+        ax.plot(result["losses"], label=_label(result), linewidth=2.8 if result.get("best") else 1.2)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (binary cross-entropy)")
@@ -89,4 +118,5 @@ def plot(results: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Non
 
 
 def _label(result: dict[str, Any]) -> str:
-    return f"lr={result['learning_rate']:g}, width={result['hidden']} (acc {result['accuracy']:.2f})"
+    best = ", best" if result.get("best") else ""
+    return f"lr={result['learning_rate']:g}, width={result['hidden']} (acc {result['accuracy']:.2f}{best})"

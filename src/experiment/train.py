@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -16,17 +17,24 @@ from experiment.adam import AdamState, adam_init, adam_update
 from experiment.config import TrainConfig
 from experiment.data import two_spirals
 
+if TYPE_CHECKING:
+    from mini import Volume
+
 _TRAIN_POINTS = 1024
 _TEST_POINTS = 1024
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
+def train(config: TrainConfig, runs: Volume | None = None) -> dict[str, Any]:
     """Fit an MLP with full-batch Adam and return its config, metrics and loss curve.
 
     The result holds only floats, ints and strings (and `losses`, a list of floats), so it pickles cheaply
     across any backend: the config's fields, `final_loss` (training loss at the last step), `accuracy` (on
     held-out points), `wall_time_s` (including JIT compilation), `device` (where JAX ran it, e.g. `"cpu"` or
     `"gpu (NVIDIA A100-SXM4-40GB)"`) and `losses` (the training loss at every step).
+
+    With `runs`, a `mini.Volume`, the trained parameters (`params.npz`), the loss curve (`losses.json`) and
+    the rest of the result (`summary.json`) are written to its folder `config.name`, where the call runs,
+    and the result is that small summary: the loss curve stays on the volume.
 
     Example:
         >>> result = train(TrainConfig(learning_rate=1e-2, hidden=16, steps=100))
@@ -45,14 +53,22 @@ def train(config: TrainConfig) -> dict[str, Any]:
     params, losses = _fit(params, x_train, y_train, config.learning_rate, config.steps)
     accuracy = float(model.accuracy(params, x_test, y_test))
     curve = np.asarray(losses).tolist()
-    return {
+    summary = {
         **dataclasses.asdict(config),
         "final_loss": curve[-1],
         "accuracy": accuracy,
         "wall_time_s": time.perf_counter() - start,
         "device": _device_name(next(iter(losses.devices()))),
-        "losses": curve,
     }
+    if runs is None:
+        return {**summary, "losses": curve}
+    folder = runs.path / config.name
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{name}{i}": np.asarray(layer[name]) for i, layer in enumerate(params) for name in ("w", "b")}
+    np.savez(folder / "params.npz", **arrays)
+    (folder / "losses.json").write_text(json.dumps(curve))
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return summary
 
 
 @functools.partial(jax.jit, static_argnames="steps")

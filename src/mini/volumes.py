@@ -56,7 +56,8 @@ def inside(path: PathLike) -> str:
         raise TypeError(f"a path inside a volume is a str, got {type(text).__name__}")
     if text.startswith("/"):
         raise ValueError(
-            f"{text!r} is an absolute path: paths in a volume are relative to its root, such as 'a/params.npz'."
+            f"{text!r} is an absolute path: paths in a volume are relative to its root, "
+            "such as 'a/params.npz'."
         )
     parts = [part for part in text.split("/") if part not in ("", ".")]
     if ".." in parts:

@@ -1,5 +1,5 @@
-"""Volumes (`app.volume(name)`): files written in a call outlive it, and the same code writes and reads them on
-every backend: from the caller, from later calls, from a new apparatus and from a new process."""
+"""Volumes (`app.volume(name)`): files written in a call outlive it, and the same code writes and reads
+them on every backend: from the caller, from later calls, from a new apparatus and from a new process."""
 
 from __future__ import annotations
 

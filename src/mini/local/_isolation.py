@@ -63,7 +63,7 @@ def explain(exc: BaseException) -> None:
             f"{exc.filename!r} is a relative path, and an isolated worker starts in a fresh empty "
             "working directory, as a Modal container does: your checkout is not there. Ship small files "
             "inside a package under src/ and open them relative to its `__file__`, or put data on a "
-            "volume (`.w(volumes=...)`) and pass its path.",
+            "volume (`app.volume(NAME)`: upload it, then open it under `NAME.path` in the call).",
         )
 
 

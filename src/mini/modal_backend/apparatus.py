@@ -18,11 +18,14 @@ class ModalApparatus(Apparatus):
     Nothing touches the network or builds anything until the first call: then the image spec is derived
     (Python version, frozen pins including the `cuda` group, `src/` packages mounted at start), the image is
     built or found by its content hash, and an ephemeral app is opened. It is reused by later calls of this
-    apparatus and its `.w()` variants, and stopped by `close()` or at interpreter exit.
+    apparatus and its `.w()` variants, and stopped by `close()` or at interpreter exit. Volumes
+    (`app.volume(name)`) are Modal Volumes named after the project, mounted in every function, reloaded
+    before each call and committed after it.
 
-    Options: gpu, cpu, memory, timeout (default 1 hour), retries (default 0), secrets, env, volumes,
-    max_containers (default 10), region, image (your own `modal.Image`; the sources are still added),
-    startup_timeout (client side: how long to wait for a first result), progress.
+    Options: gpu, cpu, memory, timeout (default 1 hour), retries (default 0), secrets, env, volumes (Modal's
+    own, by mount path; mini does not commit those), max_containers (default 10), region, image (your own
+    `modal.Image`; the sources are still added), startup_timeout (client side: how long to wait for a first
+    result), progress.
     """
 
     backend: ModalBackend

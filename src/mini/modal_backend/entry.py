@@ -40,9 +40,7 @@ class CallFailed(Exception):
         return type(self), (self.error,)
 
 
-def run(
-    fn_blob: bytes, args: tuple[Any, ...], kwargs: dict[str, Any], volumes: Sequence[Any] = ()
-) -> bytes:
+def run(fn_blob: bytes, args: tuple[Any, ...], kwargs: dict[str, Any], volumes: Sequence[Any] = ()) -> bytes:
     """Run the pickled function on arguments Modal unpickled, between a reload and a commit of `volumes`;
     return the pickled result or raise `CallFailed`."""
     fn = _functions.get(fn_blob)

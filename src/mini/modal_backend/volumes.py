@@ -1,9 +1,9 @@
 """mini volumes on Modal: one Modal Volume each, named after the project, mounted by mini in the functions of
 the apparatus that made it, and reached from the caller with Modal's public volume API.
 
-    store = ModalVolumeStore("checkpoints", modal_volume_name("spirals", "checkpoints"))  # "spirals.checkpoints"
+    store = ModalVolumeStore("ckpt", modal_volume_name("spirals", "ckpt"))   # Modal Volume "spirals.ckpt"
     store.listdir("")                 # VolumeListFiles; the Volume is created on first use
-    mounts(stores)                    # {"/root/.mini/volumes/checkpoints": modal.Volume}, for App.function
+    mounts(stores)                    # {"/root/.mini/volumes/ckpt": modal.Volume}, for App.function
 
 A container finds the mounts again from where mini's own sources are (`/root/mini` on Modal, the container's
 root folder in the emulator): `MOUNTED` is `/root/.mini/volumes` there. The generic entry reloads them before
@@ -203,9 +203,7 @@ class ModalVolumeStore(VolumeStore):
 
 def _is_the_file(entries: list[Any], path: str) -> bool:
     # Modal lists a file as itself; a folder as what it holds (a folder `a` holding `a` lists `a/a`).
-    return (
-        len(entries) == 1 and entries[0].path.lstrip("/") == path and entries[0].type == _file_types().FILE
-    )
+    return len(entries) == 1 and entries[0].path.lstrip("/") == path and entries[0].type == _file_types().FILE
 
 
 async def _fetch(volume: Any, path: str, target: Path) -> None:
