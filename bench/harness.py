@@ -64,6 +64,11 @@ def rss_mb() -> float:
     return _status_field("VmRSS") or peak_rss_mb()
 
 
+def process_peak_rss_mb(pid: int) -> float | None:
+    """Peak RSS (VmHWM) of process `pid`, in MB; None where /proc is missing."""
+    return _status_field("VmHWM", str(pid))
+
+
 def children_peak_rss_mb() -> list[float]:
     """Peak RSS (VmHWM) of each live child process, in MB; empty where /proc is missing."""
     pids: list[str] = []

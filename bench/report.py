@@ -72,6 +72,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "factor": None,
                 }
             )
+    volumes = results.get("volumes")
+    if volumes:
+        for backend, figures in volumes.items():
+            rows.append(
+                {
+                    "target": f"volumes: {figures['file_mb']} MiB upload and download, {backend}",
+                    "goal": "flat peak RSS",
+                    "measured": f"+{figures['growth_mb']:.1f} MB over a {figures['baseline_mb']} MiB file's",
+                    "met": figures["flat"],
+                    "factor": None,
+                }
+            )
     return rows
 
 

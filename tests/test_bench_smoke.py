@@ -44,3 +44,12 @@ def test_targets_judge_met_and_missed() -> None:
     assert verdicts["(b) process-mode map throughput vs ProcessPool"] == (True, 1.25)
     assert verdicts["(c) process-mode speedup, 2 workers"] == (True, 1.03)
     assert verdicts["(d) process-mode 100 MB array result"] == (False, 0.5)
+
+
+def test_quick_volumes_run_moves_the_file_intact_on_both_backends(tmp_path: Path) -> None:
+    results = main(["--quick", "--only", "volumes", "--out", str(tmp_path)])["volumes"]
+    assert set(results) == {"local", "modal"}
+    for figures in results.values():
+        assert figures["intact"] and figures["file_mb"] > figures["baseline_mb"] > 0
+        assert figures["peak_mb"] >= figures["peak_after_baseline_mb"] > 0
+    assert "volumes: 32 MiB upload and download, modal" in (tmp_path / "results.md").read_text()

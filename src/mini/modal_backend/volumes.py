@@ -32,6 +32,8 @@ MOUNT_ROOT = PurePosixPath("/root/.mini/volumes")
 # so the mounts are beside it at the same relative place, whatever the container's root folder is.
 MOUNTED = Path(os.path.abspath(os.path.dirname(os.path.dirname(mini.__file__)))) / ".mini" / "volumes"
 _LONGEST = 63  # Modal's names are under 64 characters
+# Bytes of a file's upload in memory at once (see `_bound_in_flight`).
+UPLOAD_BUDGET = 128 << 20
 
 
 def modal_volume_name(project: str, name: str) -> str:
@@ -134,6 +136,7 @@ class ModalVolumeStore(VolumeStore):
 
             try:
                 async with volume.batch_upload.aio(force=True) as batch:
+                    _bound_in_flight(batch)
                     if source.is_dir():
                         batch.put_directory(source, f"/{path}")
                     else:
@@ -199,6 +202,27 @@ class ModalVolumeStore(VolumeStore):
                 raise token_error() from None
 
         return _loop.wait(run())
+
+
+def _bound_in_flight(batch: Any) -> None:
+    """Cap the bytes an upload holds in memory at once, so that uploading a large file keeps memory flat.
+
+    Modal's client sends a large file's parts at once, within a byte budget of half the free memory (up
+    to 2 GiB): a 1 GiB upload grew the caller by about as much. With `UPLOAD_BUDGET` two parts are in
+    flight (the client reserves four read chunks per part). Modal offers no public setting for this, so
+    the budget is replaced on the upload's implementation object; if a new modal moves it, this fails
+    here (every upload test does) rather than silently holding files in memory again.
+    """
+    from modal._utils.async_utils import synchronizer
+    from modal._utils.blob_utils import _ByteBudget
+
+    raw = synchronizer._translate_in(batch)
+    if not isinstance(getattr(raw, "_byte_budget", None), _ByteBudget):
+        raise RuntimeError(
+            f"modal's volume upload ({type(raw).__name__}) has no byte budget where mini expects one: "
+            "mini.modal_backend.volumes must be updated for this version of modal."
+        )
+    raw._byte_budget = _ByteBudget(UPLOAD_BUDGET)
 
 
 def _is_the_file(entries: list[Any], path: str) -> bool:
