@@ -29,9 +29,9 @@ from mini.project import find_project_root, state_path, volume_folder
 from mini.serialization import Call, Outcome
 from mini.volumes import FolderStore, VolumeStore
 
-# The child: read (function, payload) from stdin, say it is ready (a call's timeout counts from then, as a
-# container's does on Modal), run it with mini's own call runner, and write the outcome to the descriptor it
-# was given as stdout. The user's prints go to stderr so that they cannot corrupt it.
+# The child: read (function, payload, the volumes folder) from stdin, say it is ready (a call's timeout counts
+# from then, as a container's does on Modal), run it with mini's own call runner, and write the outcome to the
+# descriptor it was given as stdout. The user's prints go to stderr so that they cannot corrupt it.
 _CHILD = """
 import os, pickle, sys
 answer = os.fdopen(os.dup(1), "wb")
@@ -46,7 +46,7 @@ except Exception as exc:
 else:
     answer.write(b"R")
     answer.flush()
-    outcome = run_call(fn, Call(index, payload), context=CallContext(index, "subprocess", volumes))
+    outcome = run_call(fn, Call(index, payload), context=CallContext(index, "subprocess", volumes=volumes))
 answer.write(pickle.dumps((outcome.ok, outcome.data)))
 answer.flush()
 """
