@@ -76,6 +76,25 @@ def _function_class(value: Any) -> None:
         assert f"self.{attribute} =" in source, f"_Function no longer sets {attribute}"
 
 
+def _byte_budget(value: Any) -> None:
+    import asyncio
+
+    import modal.volume
+
+    budget = value(1 << 20)
+    assert inspect.isfunction(value.from_system_memory.__func__), "_ByteBudget has no from_system_memory"
+
+    async def take() -> None:
+        async with budget.acquire(1 << 19):
+            pass
+
+    asyncio.run(take())
+    # mini replaces the budget a volume upload gets (`mini.modal_backend.volumes._bound_in_flight`).
+    source = inspect.getsource(modal.volume._VolumeUploadContextManager)
+    assert "self._byte_budget = _ByteBudget.from_system_memory()" in source, "uploads get no budget"
+    assert "byte_budget=self._byte_budget" in source, "uploads no longer use their budget"
+
+
 def _synchronizer(value: Any) -> None:
     for method in ("_get_loop", "_translate_in", "create_blocking"):
         assert callable(getattr(value, method, None)), f"synchronizer has no {method}"
@@ -125,6 +144,7 @@ EXPECTED: dict[str, Callable[[Any], None]] = {
     "OUTPUTS_TIMEOUT": _timeout,
     "Retry": _retry,
     "RetryManager": _retry_manager,
+    "_ByteBudget": _byte_budget,
     "_Client": _client,
     "_Function": _function_class,
     "_new_token": _coroutine("profile", "activate", "verify"),

@@ -64,7 +64,9 @@ def train(config: TrainConfig, runs: Volume | None = None) -> dict[str, Any]:
         return {**summary, "losses": curve}
     folder = runs.path / config.name
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {f"{name}{i}": np.asarray(layer[name]) for i, layer in enumerate(params) for name in ("w", "b")}
+    arrays: dict[str, Any] = {
+        f"{name}{i}": np.asarray(layer[name]) for i, layer in enumerate(params) for name in ("w", "b")
+    }
     np.savez(folder / "params.npz", **arrays)
     (folder / "losses.json").write_text(json.dumps(curve))
     (folder / "summary.json").write_text(json.dumps(summary))

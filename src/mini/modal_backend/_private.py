@@ -26,7 +26,10 @@ from modal._serialization import deserialize
 from modal._utils.async_utils import synchronizer
 
 # Payloads over the inline limit travel as blobs; public `map` does this internally and exposes nothing.
-from modal._utils.blob_utils import blob_download, blob_upload_with_results
+# `_ByteBudget` bounds the bytes a volume upload (`Volume.batch_upload`) holds in flight: modal sizes it at
+# half the free memory, up to 2 GiB, and offers no public setting; mini gives each upload a small one
+# (`mini.modal_backend.volumes`), so that uploading a large file keeps memory flat.
+from modal._utils.blob_utils import _ByteBudget, blob_download, blob_upload_with_results
 
 # The inline-size test and the long-poll timeouts modal's own map uses for FunctionGetOutputs.
 from modal._utils.function_utils import ATTEMPT_TIMEOUT_GRACE_PERIOD, OUTPUTS_TIMEOUT, should_upload
@@ -70,6 +73,7 @@ def active_profile() -> str:
 
 __all__ = [
     "ATTEMPT_TIMEOUT_GRACE_PERIOD",
+    "_ByteBudget",
     "OUTPUTS_TIMEOUT",
     "Retry",
     "RetryManager",

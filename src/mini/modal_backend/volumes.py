@@ -210,11 +210,10 @@ def _bound_in_flight(batch: Any) -> None:
     Modal's client sends a large file's parts at once, within a byte budget of half the free memory (up
     to 2 GiB): a 1 GiB upload grew the caller by about as much. With `UPLOAD_BUDGET` two parts are in
     flight (the client reserves four read chunks per part). Modal offers no public setting for this, so
-    the budget is replaced on the upload's implementation object; if a new modal moves it, this fails
-    here (every upload test does) rather than silently holding files in memory again.
+    the budget is replaced on the upload's implementation object (`_private` and its test say which names
+    that takes); if a new modal moves it, this fails here rather than silently holding files in memory.
     """
-    from modal._utils.async_utils import synchronizer
-    from modal._utils.blob_utils import _ByteBudget
+    from mini.modal_backend._private import _ByteBudget, synchronizer
 
     raw = synchronizer._translate_in(batch)
     if not isinstance(getattr(raw, "_byte_budget", None), _ByteBudget):
@@ -238,6 +237,6 @@ async def _fetch(volume: Any, path: str, target: Path) -> None:
 
 
 def _file_types() -> Any:
-    import modal.volume
+    from modal.types import FileEntryType  # also `modal.volume.FileEntryType`, which mypy cannot see
 
-    return modal.volume.FileEntryType
+    return FileEntryType
