@@ -15,7 +15,7 @@ import numpy as np
 from experiment import model
 from experiment.adam import AdamState, adam_init, adam_update
 from experiment.config import TrainConfig
-from experiment.data import two_spirals
+from experiment.data import training_set
 
 if TYPE_CHECKING:
     from mini import Volume
@@ -44,7 +44,7 @@ def train(config: TrainConfig, runs: Volume | None = None) -> dict[str, Any]:
     if not isinstance(config, TrainConfig):
         raise TypeError(f"train() takes an experiment.config.TrainConfig, got {type(config).__name__}")
     start = time.perf_counter()
-    points, labels = two_spirals((_TRAIN_POINTS + _TEST_POINTS) // 2, seed=config.seed)
+    points, labels = training_set((_TRAIN_POINTS + _TEST_POINTS) // 2, seed=config.seed)
     x, y = jnp.asarray(points), jnp.asarray(labels)
     x_train, y_train = x[:_TRAIN_POINTS], y[:_TRAIN_POINTS]
     x_test, y_test = x[_TRAIN_POINTS:], y[_TRAIN_POINTS:]

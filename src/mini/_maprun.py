@@ -50,7 +50,7 @@ class MapRun:
     ) -> None:
         if not callable(fn):
             raise ArgumentError(f"the function to run must be callable, got {type(fn).__name__}")
-        if _yields(fn):
+        if yields(fn):
             raise ArgumentError(
                 f"{getattr(fn, '__qualname__', fn)} is a generator function: its values are read with "
                 "app.stream(fn, ...) (or astream), not run or map."
@@ -207,7 +207,7 @@ class StreamRun:
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
     ) -> None:
-        if not _yields(fn):
+        if not yields(fn):
             raise ArgumentError(
                 f"{getattr(fn, '__qualname__', fn)} is not a generator function (it has no `yield`): "
                 "run it with app.run(fn, ...) instead of stream."
@@ -222,6 +222,7 @@ class StreamRun:
         self._dispatch: Dispatch | None = None
         self._observer = CallObserver(options.on_report)
         self._ended = False
+        self._error: BaseException | None = None
 
     async def next_values(self) -> list[Any] | None:
         """The values yielded since the last look (at least one), or None once the generator has returned;
@@ -238,7 +239,7 @@ class StreamRun:
                     self._ended = True
                     outcome: Outcome = arrived  # type: ignore[assignment]
                     if not outcome.ok:
-                        raise decode_error(outcome.data)
+                        self._error = decode_error(outcome.data)
                 elif arrived.kind == "item":
                     found.append(loads(arrived.data))
                 else:
@@ -246,7 +247,10 @@ class StreamRun:
             await self._observer.caught_up()
             if found:
                 self._dispatch.consumed(0, len(found))
-                return found
+                return found  # the values before an error come first
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         return None
 
     async def aclose(self) -> None:
@@ -257,7 +261,7 @@ class StreamRun:
             self._observer.close()
 
 
-def _yields(fn: Callable[..., Any]) -> bool:
+def yields(fn: Callable[..., Any]) -> bool:
     """Whether calling `fn` gives a generator (sync or async), seen through partials and decorators."""
     while isinstance(fn, functools.partial):
         fn = fn.func

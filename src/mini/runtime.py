@@ -73,11 +73,21 @@ def current() -> CallContext | None:
 @contextlib.contextmanager
 def calling(context: CallContext) -> Iterator[CallContext]:
     """Run the block as the call `context` describes."""
-    token = _current.set(context)
+    token = enter(context)
     try:
         yield context
     finally:
-        _current.reset(token)
+        leave(token)
+
+
+def enter(context: CallContext) -> contextvars.Token[CallContext | None]:
+    """From here on (in this thread or task), code runs as the call `context` describes, until `leave`: for
+    an entry that is itself a coroutine, whose awaits a `with calling(...)` block cannot span."""
+    return _current.set(context)
+
+
+def leave(token: contextvars.Token[CallContext | None]) -> None:
+    _current.reset(token)
 
 
 # ----- the worker's event loop, for `async def` functions ----------------------------------------------

@@ -296,6 +296,12 @@ def invoke(
         raise
     except BaseException as exc:  # SystemExit from user code is a failed call, not our exit
         return Outcome(index, False, encode_error(exc))
+    return encode_result(index, result, out_of_band, shared_memory)
+
+
+def encode_result(index: int, result: Any, out_of_band: bool = False, shared_memory: bool = False) -> Outcome:
+    """A call's result as an outcome (see `invoke`): pickled, its large buffers beside it when `out_of_band`
+    (copied when `shared_memory`); a result that cannot be pickled fails the call, saying so."""
     try:
         result_buffers: list[Buffer] | None = [] if out_of_band else None
         data = dump_result(result, result_buffers, copy=shared_memory)

@@ -3,6 +3,7 @@ script or notebook would be, so they run wherever a backend runs calls."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -197,3 +198,87 @@ def read_beside(volume, path: str, folder: str, me: int, others: int) -> tuple[s
     for other in range(others + 1):
         wait_for(os.path.join(folder, f"started-{other}"))
     return os.environ.get("MODAL_TASK_ID", ""), read_in_volume(volume, path)
+
+
+async def async_add(x: int, y: int) -> int:
+    import asyncio
+
+    await asyncio.sleep(0.001)
+    if x < 0:
+        raise ValueError(f"negative input {x}")
+    return x + y
+
+
+def count_up(folder: str, limit: float = 60.0):
+    """Yield 0, 1, 2, ... leaving `yielded-i` (with this process's pid) before each, and waiting for the
+    consumer's `proceed-i` first: a generator that cannot run ahead of its consumer by more than one."""
+    for i in itertools.count():
+        wait_for(os.path.join(folder, f"proceed-{i}"), limit)
+        Path(folder, f"yielded-{i}").write_text(str(os.getpid()))
+        yield i
+
+
+async def async_count(n: int):
+    import asyncio
+
+    for i in range(n):
+        await asyncio.sleep(0)
+        yield i * 10
+
+
+def broken_generator(n: int):
+    yield from range(n)
+    raise RuntimeError(f"broke after {n}")
+
+
+def sum_columns(xs: list, ys: list) -> list:
+    """A batched function: one list per parameter in, one result per input out; records each batch's size."""
+    return [(x + y, len(xs)) for x, y in zip(xs, ys, strict=True)]
+
+
+def short_by_one(xs: list) -> list:
+    return xs[:-1]
+
+
+def concurrent_meeting(x: int, folder: str, meet: int) -> tuple[int, int]:
+    """Wait until `meet` calls run in this process at once; return (pid, how many were running then)."""
+    pid = os.getpid()
+    Path(folder, f"in-{pid}-{x}").touch()
+    deadline = time.monotonic() + 60
+    while True:
+        running = len(list(Path(folder).glob(f"in-{pid}-*"))) - len(list(Path(folder).glob(f"out-{pid}-*")))
+        if running >= meet or time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+    Path(folder, f"out-{pid}-{x}").touch()
+    return pid, running
+
+
+def block_or_return(x: int) -> int:
+    if x == 0:
+        time.sleep(120)
+    return x
+
+
+def reporting(x: int, folder: str) -> int:
+    """Report, then wait until the caller says it saw the report (so reports must arrive while it runs)."""
+    import mini
+
+    mini.report(step=0, x=x)
+    wait_for(os.path.join(folder, f"seen-{x}"))
+    mini.report(step=1, x=x, phase="done")
+    return x
+
+
+def printing(x: int, folder: str) -> int:
+    print(f"hello from {x}", flush=True)
+    wait_for(os.path.join(folder, f"heard-{x}"))
+    return x
+
+
+def loads_once(x: int) -> tuple[int, int]:
+    """The example's per-worker data loader: (pid, how many times this process loaded the data set)."""
+    from experiment import data
+
+    data.training_set(64, seed=0)
+    return os.getpid(), data.training_set.cache_info().misses

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
+import queue as queue_module
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -32,6 +33,7 @@ from grpclib import Status
 from modal.exception import DeserializationError
 from modal.exception import Error as ModalError
 
+from mini.dispatch import CallEvent
 from mini.errors import (
     BackendError,
     CallTimeoutError,
@@ -47,6 +49,7 @@ from mini.modal_backend._private import (
     RetryManager,
     _Client,
     _Function,
+    _stream_function_call_data,
     api_pb2,
     blob_download,
     blob_upload_with_results,
@@ -65,7 +68,7 @@ _TERMINAL = (_Result.GENERIC_STATUS_SUCCESS, _Result.GENERIC_STATUS_TERMINATED)
 _PUT_RETRY = Retry(max_retries=None, max_delay=15, additional_status_codes=[Status.RESOURCE_EXHAUSTED])
 _OUTPUTS_RETRY = Retry(max_retries=20, attempt_timeout=OUTPUTS_TIMEOUT + ATTEMPT_TIMEOUT_GRACE_PERIOD)
 
-Deliver = Callable[[list[Outcome]], None]
+Deliver = Callable[[list[Outcome | CallEvent]], None]
 T = TypeVar("T")
 
 
@@ -96,11 +99,22 @@ class MapInvocation:
     >>> await invocation.aclose()        # stops what is outstanding on Modal
     """
 
-    def __init__(self, function: Any, *, deliver: Deliver, home: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        function: Any,
+        *,
+        deliver: Deliver,
+        home: asyncio.AbstractEventLoop,
+        queue: Any = None,
+        live: bool = False,
+        stream: bool = False,
+    ) -> None:
         self._function = _raw(function)
         self._deliver_home = deliver
         self._home = home
         self._loop = client_loop()
+        self._stream = stream
+        self._events = _EventReader(self, _raw(queue), live) if queue is not None else None
         self._pending: deque[tuple[int, bytes]] = deque()
         self._finished = False
         self._closed = False
@@ -115,6 +129,9 @@ class MapInvocation:
         self._retry_policy: api_pb2.FunctionRetryPolicy | None = None
         self._client_retries = False
         self._retry_queue: asyncio.Queue[_Input] = asyncio.Queue()
+        self.by_input_id: dict[str, int] = {}  # Modal's input id -> idx, for the inputs' events
+        self._values_seen = 0  # of a generator call
+        self._more_values = asyncio.Event()
 
     # ----- the doors from mini's loop ------------------------------------------------------------------
 
@@ -154,7 +171,9 @@ class MapInvocation:
 
     async def _run(self) -> None:
         try:
-            if self._finished and len(self._pending) == 1:
+            if self._stream:
+                await self._single(stream=True)
+            elif self._finished and len(self._pending) == 1:
                 await self._single()
             else:
                 await self._map()
@@ -163,9 +182,16 @@ class MapInvocation:
         except BaseException as error:  # the whole map failed: no outcome may be lost
             self._fail_outstanding(error)
 
-    def _deliver(self, outcomes: list[Outcome]) -> None:
+    def _deliver(self, outcomes: Sequence[Outcome | CallEvent]) -> None:
         if outcomes:
-            self._home.call_soon_threadsafe(self._deliver_home, outcomes)
+            self._home.call_soon_threadsafe(self._deliver_home, list(outcomes))
+
+    def _settle_all(self, decoded: list[tuple[Outcome, int]]) -> None:
+        """Hand settled outcomes on, each once the events its input sent before it are in."""
+        if self._events is None:
+            self._deliver([outcome for outcome, _ in decoded])
+        else:
+            self._deliver(self._events.release([(outcome, events) for outcome, events in decoded]))
 
     def _fail_outstanding(self, error: BaseException) -> None:
         failure = _whole_map_error(error)
@@ -220,6 +246,8 @@ class MapInvocation:
         self._call_jwt = response.function_call_jwt
         self._retry_policy = response.retry_policy
         self._client_retries = response.sync_client_retries_enabled
+        if self._events is not None:
+            self._events.follow(self._call_id)
         pumps = [self._pump_inputs(), self._pump_outputs()]
         if self._client_retries:
             pumps.append(self._pump_retries())
@@ -260,6 +288,7 @@ class MapInvocation:
                 retry=_PUT_RETRY,
             )
             for answer in response.inputs:
+                self.by_input_id[answer.input_id] = answer.idx
                 entry = self._inputs.get(answer.idx)
                 if entry is not None:
                     entry.jwt = answer.input_jwt
@@ -286,7 +315,7 @@ class MapInvocation:
                 retry=_OUTPUTS_RETRY,
             )
             cursor = response.last_entry_id
-            outcomes = []
+            decoded = []
             for output in response.outputs:
                 entry = self._inputs.get(output.idx)
                 if entry is None or not self._is_final(entry, output):
@@ -296,10 +325,10 @@ class MapInvocation:
                 inline = result.WhichOneof("data_oneof") == "data"
                 if result.status == _Result.GENERIC_STATUS_SUCCESS and inline:
                     # The common case, decoded here rather than through a coroutine per output.
-                    outcomes.append(Outcome(output.idx, True, pickle.loads(result.data)))
+                    decoded.append(success(output.idx, result.data))
                 else:
-                    outcomes.append(await decode_output(output, self._function.client))
-            self._deliver(outcomes)
+                    decoded.append(await decode_output(output, self._function.client))
+            self._settle_all(decoded)
             self._check_done()
 
     def _is_final(self, entry: _Input, output: api_pb2.FunctionGetOutputsItem) -> bool:
@@ -362,9 +391,10 @@ class MapInvocation:
 
     # ----- a single call ------------------------------------------------------------------------------
 
-    async def _single(self) -> None:
+    async def _single(self, stream: bool = False) -> None:
         """One input, as modal's `.remote` sends it: FunctionMap carries the input, and one long poll
-        fetches (and clears) its output: two RPCs for a warm call."""
+        fetches (and clears) its output: two RPCs for a warm call. A generator's values (`stream`) are
+        read from the call's data-out stream meanwhile, as modal's `remote_gen` reads them."""
         index, payload = self._pending.popleft()
         self._unsent -= 1
         stub = self._function.client._stub
@@ -380,8 +410,11 @@ class MapInvocation:
             )
         )
         self._call_id = response.function_call_id
+        if self._events is not None:
+            self._events.follow(self._call_id)
         if response.pipelined_inputs:
             entry.jwt = response.pipelined_inputs[0].input_jwt
+            self.by_input_id[response.pipelined_inputs[0].input_id] = index
         else:
             put = await stub.FunctionPutInputs(
                 api_pb2.FunctionPutInputsRequest(
@@ -392,6 +425,24 @@ class MapInvocation:
                 retry=_PUT_RETRY,
             )
             entry.jwt = put.inputs[0].input_jwt
+            self.by_input_id[put.inputs[0].input_id] = index
+        values = asyncio.ensure_future(self._read_values(index)) if stream else None
+        try:
+            await self._single_settle(index, item, entry, response, values)
+        finally:
+            if values is not None and not values.done():
+                values.cancel()
+                await asyncio.gather(values, return_exceptions=True)
+
+    async def _single_settle(
+        self,
+        index: int,
+        item: api_pb2.FunctionPutInputsItem,
+        entry: _Input,
+        response: api_pb2.FunctionMapResponse,
+        values: asyncio.Future[None] | None,
+    ) -> None:
+        stub = self._function.client._stub
         policy = response.retry_policy
         retrying = response.sync_client_retries_enabled and policy.retries > 0
         budget = RetryManager(policy) if retrying else None
@@ -413,8 +464,27 @@ class MapInvocation:
                 retry=_PUT_RETRY,
             )
         self._inputs.pop(index, None)
-        self._deliver([await decode_output(output, self._function.client)])
+        if values is not None and output.result.status == _Result.GENERIC_STATUS_SUCCESS:
+            # A generator's final output says how many values it yielded: all of them come before it ends.
+            done = api_pb2.GeneratorDone.FromString(output.result.data)
+            while self._values_seen < done.items_total and not values.done():
+                self._more_values.clear()
+                await self._more_values.wait()
+            self._settle_all([(Outcome(index, True, pickle.dumps(None)), 0)])
+        else:
+            self._settle_all([await decode_output(output, self._function.client)])
         self._check_done()
+
+    async def _read_values(self, index: int) -> None:
+        """Pass a generator call's values on as they come (counted in `_values_seen`)."""
+        async for message in _stream_function_call_data(
+            self._function.client, None, self._call_id, "data_out"
+        ):
+            if isinstance(message, api_pb2.GeneratorDone):
+                return
+            self._values_seen += 1
+            self._deliver([CallEvent(index, "item", message)])
+            self._more_values.set()
 
     async def _single_output(self, index: int, jwt: str | None) -> api_pb2.FunctionGetOutputsItem:
         stub = self._function.client._stub
@@ -443,6 +513,8 @@ class MapInvocation:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if self._events is not None:
+            await self._events.stop()
         unsettled, self._inputs = self._inputs, {}
         self._pending.clear()
         if unsettled and self._call_id is not None:
@@ -456,28 +528,121 @@ class MapInvocation:
                 )
 
 
-async def decode_output(output: api_pb2.FunctionGetOutputsItem, client: _Client) -> Outcome:
-    """The mini outcome of a final output of the generic entry (see `mini.modal_backend.entry`)."""
+class _EventReader:
+    """The events of one map's inputs (reports, printed lines, starts), read from the session's queue, in
+    the map's own partition (its function call id). It reads only when someone may be watching: at once
+    when the caller asked for reports or a display (`live`), else once an input has run for a while or an
+    output says its input had events. An output is held until its input's events are in."""
+
+    LATE = 1.0  # seconds an input may run before its events are fetched unasked
+    PATIENCE = 10.0  # seconds an output waits for events that never come (a lost queue write)
+
+    def __init__(self, invocation: MapInvocation, queue: Any, live: bool) -> None:
+        self._invocation = invocation
+        self._queue = queue
+        self._live = live
+        self._partition: str | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._received: dict[int, int] = {}
+        self._held: dict[int, tuple[Outcome, int, float]] = {}
+        self._early: list[tuple[str, str, Any]] = []  # events of inputs whose id is not known yet
+
+    def follow(self, partition: str) -> None:
+        self._partition = partition
+        if self._live:
+            self._start()
+        else:
+            self._timer = asyncio.get_running_loop().call_later(self.LATE, self._start)
+
+    def _start(self) -> None:
+        if self._reader is None and self._partition is not None:
+            self._reader = asyncio.ensure_future(self._read())
+
+    def release(self, settled: list[tuple[Outcome, int]]) -> list[Outcome | CallEvent]:
+        ready: list[Outcome | CallEvent] = []
+        now = time.monotonic()
+        for outcome, events in settled:
+            if events <= self._received.get(outcome.index, 0):
+                self._received.pop(outcome.index, None)
+                ready.append(outcome)
+            else:
+                self._held[outcome.index] = (outcome, events, now)
+                self._start()
+        return ready
+
+    async def _read(self) -> None:
+        invocation = self._invocation
+        while True:
+            try:
+                items = await self._queue.get_many(1000, timeout=self.PATIENCE / 2, partition=self._partition)
+            except queue_module.Empty:
+                items = []
+            arrived: list[Outcome | CallEvent] = []
+            for input_id, kind, data in [*self._early, *items]:
+                index = invocation.by_input_id.get(input_id)
+                if index is None:
+                    self._early.append((input_id, kind, data))
+                    continue
+                self._received[index] = self._received.get(index, 0) + 1
+                arrived.append(CallEvent(index, kind, data))
+            self._early = [event for event in self._early if event[0] not in invocation.by_input_id]
+            arrived.extend(self._due())
+            invocation._deliver(arrived)
+
+    def _due(self) -> list[Outcome]:
+        now = time.monotonic()
+        due = [
+            index
+            for index, (_, events, since) in self._held.items()
+            if self._received.get(index, 0) >= events or now - since > self.PATIENCE
+        ]
+        for index in due:
+            self._received.pop(index, None)
+        return [self._held.pop(index)[0] for index in due]
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+async def decode_output(output: api_pb2.FunctionGetOutputsItem, client: _Client) -> tuple[Outcome, int]:
+    """The mini outcome of a final output of a generic entry (see `mini.modal_backend.entry`), and how many
+    events the input had sent before it."""
     index, result = output.idx, output.result
     if result.WhichOneof("data_oneof") == "data_blob_id":
         data = await blob_download(result.data_blob_id, client._stub)
     else:
         data = result.data
     if result.status == _Result.GENERIC_STATUS_SUCCESS:
-        # The entry returns mini's pickle of the result; Modal's pickle of those bytes wraps it.
-        return Outcome(index, True, pickle.loads(data))
-    return Outcome(index, False, failure(index, result, data, client))
+        return success(index, data)
+    error, events = failure(index, result, data, client)
+    return Outcome(index, False, error), events
+
+
+def success(index: int, data: bytes) -> tuple[Outcome, int]:
+    """A successful output: the entry returned mini's pickle of the result (which Modal's pickle of those
+    bytes wraps), or `(events, pickle)` when the input had events."""
+    value = pickle.loads(data)
+    if type(value) is tuple:
+        events, value = value
+        return Outcome(index, True, value), events
+    return Outcome(index, True, value), 0
 
 
 def failure(
     index: int, result: api_pb2.GenericResult, data: bytes, client: _Client | None = None
-) -> bytes | BaseException:
+) -> tuple[bytes | BaseException, int]:
     """What a failed output means for call `index`: the user's error as the entry encoded it, or a mini
-    error for Modal's own failures, with Modal's exception as its cause."""
+    error for Modal's own failures, with Modal's exception as its cause; and how many events the input had
+    sent before it failed."""
     status = result.status
     if status == _Result.GENERIC_STATUS_TIMEOUT:
         message = f"call #{index} ran over its timeout on Modal and was stopped ({result.exception})."
-        return _caused(CallTimeoutError(message), result)
+        return _caused(CallTimeoutError(message), result), 0
     if data and status in (_Result.GENERIC_STATUS_FAILURE, _Result.GENERIC_STATUS_INIT_FAILURE):
         return _raised(index, result, data, client)
     if status in _OUT_OF_MEMORY:
@@ -489,7 +654,7 @@ def failure(
     else:
         what = "died before returning a result (it exited, was killed by a signal or ran out of memory)"
     detail = result.exception or "no detail from Modal"
-    return _caused(WorkerCrashed(f"the container running call #{index} {what}: {detail}."), result)
+    return _caused(WorkerCrashed(f"the container running call #{index} {what}: {detail}."), result), 0
 
 
 _OUT_OF_MEMORY = (
@@ -501,7 +666,7 @@ _OUT_OF_MEMORY = (
 
 def _raised(
     index: int, result: api_pb2.GenericResult, data: bytes, client: _Client | None
-) -> bytes | BaseException:
+) -> tuple[bytes | BaseException, int]:
     """A failure that carries a pickled exception: the entry's `CallFailed`, or one raised by Modal's
     container runtime (arguments that cannot be unpickled there, sources that cannot be imported)."""
     try:
@@ -510,7 +675,7 @@ def _raised(
         message = f"call #{index} failed on Modal with an error that cannot be rebuilt here ({unreadable})"
         raised = RemoteError("unknown", message)
     if isinstance(raised, CallFailed):
-        return raised.error
+        return raised.error, raised.events
     if isinstance(raised, DeserializationError):
         error: BaseException = SerializationError(
             f"the arguments of call #{index} cannot be unpickled in the container ({raised}). Ship the "
@@ -521,7 +686,7 @@ def _raised(
     else:
         error = raised  # a Python error of the container's, such as an import that failed at start-up
     error.__cause__ = RemoteTraceback(result.traceback or result.exception)
-    return error
+    return error, 0
 
 
 def _caused(error: BaseException, result: api_pb2.GenericResult) -> BaseException:
@@ -614,4 +779,4 @@ async def poll_call(call_id: str, index: int) -> Outcome | None:
         return None
     output = response.outputs[0]
     output.idx = index
-    return await decode_output(output, client)
+    return (await decode_output(output, client))[0]

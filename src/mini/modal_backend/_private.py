@@ -31,8 +31,15 @@ from modal._utils.async_utils import synchronizer
 # (`mini.modal_backend.volumes`), so that uploading a large file keeps memory flat.
 from modal._utils.blob_utils import _ByteBudget, blob_download, blob_upload_with_results
 
-# The inline-size test and the long-poll timeouts modal's own map uses for FunctionGetOutputs.
-from modal._utils.function_utils import ATTEMPT_TIMEOUT_GRACE_PERIOD, OUTPUTS_TIMEOUT, should_upload
+# The inline-size test and the long-poll timeouts modal's own map uses for FunctionGetOutputs; and the
+# reader of a call's data-out stream, which `remote_gen` uses and which has no public form for a call that
+# mini started itself (a generator's values, as they come).
+from modal._utils.function_utils import (
+    ATTEMPT_TIMEOUT_GRACE_PERIOD,
+    OUTPUTS_TIMEOUT,
+    _stream_function_call_data,
+    should_upload,
+)
 
 # gRPC retry policies, as modal's map retries FunctionPutInputs and FunctionGetOutputs.
 from modal._utils.grpc_utils import Retry
@@ -81,6 +88,7 @@ __all__ = [
     "_Function",
     "_new_token",
     "_set_token",
+    "_stream_function_call_data",
     "active_profile",
     "api_pb2",
     "blob_download",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mini import _loop
 from mini.backend import Backend, Capabilities
 from mini.modal_backend import options as modal_options
-from mini.modal_backend.session import Session, function_name
+from mini.modal_backend.session import Entry, Session, function_name
 
 if TYPE_CHECKING:
     from mini.dispatch import Dispatch
@@ -20,6 +23,19 @@ if TYPE_CHECKING:
 _WINDOW = 512
 
 
+def _entry(fn: Callable[..., Any], options: Options) -> Entry:
+    from mini._batching import parameter_names
+    from mini._maprun import yields
+
+    target = inspect.unwrap(fn.func if isinstance(fn, functools.partial) else fn)
+    is_async = inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target)
+    if yields(fn):
+        return Entry("stream", is_async=is_async)
+    if options.max_batch_size:
+        return Entry("batch", tuple(parameter_names(fn)))
+    return Entry(is_async=is_async)
+
+
 class ModalBackend(Backend):
     """The Modal session of a `ModalApparatus` and its `.w()` variants.
 
@@ -28,7 +44,8 @@ class ModalBackend(Backend):
 
     kind: ClassVar[str] = "modal"
     # Modal retries failed inputs itself (its retry policy), and containers are other machines.
-    capabilities = Capabilities(retries=True, own_memory=True)
+    # and forms batches itself (`@modal.batched`).
+    capabilities = Capabilities(retries=True, own_memory=True, batching=True)
 
     def __init__(self, name: str) -> None:
         self.session = Session(name)
@@ -41,10 +58,21 @@ class ModalBackend(Backend):
     ) -> Dispatch:
         from mini.modal_backend.dispatch import ModalDispatch
 
+        kind = _entry(fn, options)
         name = function_name(fn, fn_blob, options, list(self.session.volumes))
-        function = await self.session.function_for(name, fn_blob, options)
+        function = await self.session.function_for(name, fn_blob, options, kind)
         startup = options.startup_timeout or modal_options.DEFAULT_STARTUP_TIMEOUT
-        return ModalDispatch(function, window=_WINDOW, startup_timeout=startup)
+        watched = options.on_report is not None or bool(
+            options.progress or (options.progress is None and sys.stderr.isatty())
+        )
+        return ModalDispatch(
+            function,
+            window=_WINDOW,
+            startup_timeout=startup,
+            queue=self.session.queue,
+            live=watched,
+            stream=kind.kind == "stream",
+        )
 
     def launcher(self, name: str, options: Options) -> Launcher:
         from mini.modal_backend.runs import ModalLauncher

@@ -18,8 +18,27 @@ from mini.serialization import Call, Outcome
 
 
 class ModalDispatch(Dispatch):
-    def __init__(self, function: Any, *, window: int, startup_timeout: float) -> None:
-        self._invocation = MapInvocation(function, deliver=self._take, home=asyncio.get_running_loop())
+    """`queue`: where the inputs' events go (see `mini.modal_backend.container`); `live`: read them from the
+    start (someone watches); `stream`: the one call is a generator's."""
+
+    def __init__(
+        self,
+        function: Any,
+        *,
+        window: int,
+        startup_timeout: float,
+        queue: Any = None,
+        live: bool = False,
+        stream: bool = False,
+    ) -> None:
+        self._invocation = MapInvocation(
+            function,
+            deliver=self._take,
+            home=asyncio.get_running_loop(),
+            queue=queue,
+            live=live,
+            stream=stream,
+        )
         self._window = window
         self._startup_timeout = startup_timeout
         self._outstanding: set[int] = set()
@@ -40,12 +59,12 @@ class ModalDispatch(Dispatch):
     def finish(self) -> None:
         self._invocation.finish()
 
-    def _take(self, outcomes: list[Outcome]) -> None:
-        # Only outcomes of inputs still outstanding count: one settled by a startup timeout stays settled.
-        fresh = [outcome for outcome in outcomes if outcome.index in self._outstanding]
-        self._outstanding.difference_update(outcome.index for outcome in fresh)
+    def _take(self, arrived: list[Outcome | CallEvent]) -> None:
+        # Only what concerns inputs still outstanding counts: one settled by a startup timeout stays settled.
+        fresh = [item for item in arrived if item.index in self._outstanding]
+        self._outstanding.difference_update(item.index for item in fresh if type(item) is not CallEvent)
         if fresh:
-            self._any_result = True
+            self._any_result = True  # an event too: its container has started
             self._ready.extend(fresh)
             self._arrived.set()
 

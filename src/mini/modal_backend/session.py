@@ -18,6 +18,7 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mini import _loop
@@ -56,15 +57,29 @@ class Session:
         # One ephemeral app per function (a running app cannot gain functions), each with its exit stack.
         self._running: dict[str, tuple[Any, contextlib.AsyncExitStack]] = {}
         self._lock: asyncio.Lock | None = None
+        # Where the inputs of every function of the session put their events (`container.py`): an
+        # ephemeral queue, one partition per function call, alive as long as the session.
+        self._events: tuple[Any, contextlib.AsyncExitStack] | None = None
 
-    async def function_for(self, name: str, fn_blob: bytes, options: Options) -> Any:
+    @property
+    def queue(self) -> Any:
+        """The session's event queue (once a function has started)."""
+        return self._events[0] if self._events is not None else None
+
+    async def function_for(
+        self, name: str, fn_blob: bytes, options: Options, kind: Entry | None = None
+    ) -> Any:
+        """The running Modal function `name`, for `fn_blob` under `options` (`kind`: which entry runs it);
+        its app is started on first use."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
             if name not in self._running:
+                if self._events is None:
+                    self._events = await _open_queue()
                 stack = contextlib.AsyncExitStack()
                 try:
-                    function = await self._start(name, fn_blob, options, stack)
+                    function = await self._start(name, fn_blob, options, stack, kind or Entry())
                 except BaseException:
                     await stack.aclose()
                     raise
@@ -103,9 +118,12 @@ class Session:
             self._spec = await asyncio.get_running_loop().run_in_executor(None, derive_image_spec)
         return self._spec
 
-    async def new_app(self, name: str, fn_blob: bytes, options: Options) -> tuple[Any, Any]:
+    async def new_app(
+        self, name: str, fn_blob: bytes, options: Options, kind: Entry | None = None, queue: Any = None
+    ) -> tuple[Any, Any]:
         """A `modal.App` (not running yet) whose one function, `name`, runs `fn_blob` in this session's
-        image under `options`; returns the app and the function."""
+        image under `options`, through the entry `kind` describes, its inputs' events going to `queue`;
+        returns the app and the function."""
         from mini.tls import ensure_grpc_trusts_system_ca
 
         ensure_grpc_trusts_system_ca()  # before modal opens its first connection
@@ -125,16 +143,33 @@ class Session:
         stores = list(self.volumes.values())
         if stores:
             arguments["volumes"] = {**arguments.get("volumes", {}), **mounts(stores)}
+        kind = kind or Entry()
+        if kind.kind == "stream":
+            arguments.pop("retries", None)  # values already read cannot be taken back (nor does Modal try)
+        entry = bind(
+            fn_blob,
+            kind=kind.kind,
+            queue=queue,
+            parameters=list(kind.parameters),
+            is_async=kind.is_async,
+            volumes=[store.modal_volume() for store in stores],
+        )
+        if kind.kind == "batch":
+            entry = modal.batched(
+                max_batch_size=options.max_batch_size, wait_ms=int(options.batch_wait_ms or 0)
+            )(entry)
+        if options.concurrent_inputs and options.concurrent_inputs > 1:
+            entry = modal.concurrent(max_inputs=options.concurrent_inputs)(entry)
         app = modal.App(f"mini-{self._name}")
         function = app.function(
             name=name, serialized=True, image=self._images[key], include_source=False, **arguments
-        )(bind(fn_blob, [store.modal_volume() for store in stores]))
+        )(entry)
         return app, function
 
     async def _start(
-        self, name: str, fn_blob: bytes, options: Options, stack: contextlib.AsyncExitStack
+        self, name: str, fn_blob: bytes, options: Options, stack: contextlib.AsyncExitStack, kind: Entry
     ) -> Any:
-        app, function = await self.new_app(name, fn_blob, options)
+        app, function = await self.new_app(name, fn_blob, options, kind, self.queue)
         await run_app(app, options, stack)
         self.announce(name, options)
         return function
@@ -152,6 +187,29 @@ class Session:
     async def aclose(self) -> None:
         for name in list(self._running):
             await self.stop(name)
+        events, self._events = self._events, None
+        if events is not None:
+            with contextlib.suppress(Exception):
+                await events[1].aclose()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Which of mini's entries a function runs (`mini.modal_backend.entry.bind`): "call", "stream" (a
+    generator) or "batch" (with the parameters Modal's batching passes by name), for an `async def`
+    function (or async generator) or not."""
+
+    kind: str = "call"
+    parameters: tuple[str, ...] = ()
+    is_async: bool = False
+
+
+async def _open_queue() -> tuple[Any, contextlib.AsyncExitStack]:
+    import modal
+
+    stack = contextlib.AsyncExitStack()
+    queue = await stack.enter_async_context(modal.Queue.ephemeral())
+    return queue, stack
 
 
 async def run_app(app: Any, options: Options, stack: contextlib.AsyncExitStack, detach: bool = False) -> None:
