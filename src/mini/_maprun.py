@@ -178,6 +178,7 @@ class MapRun:
                 done=self._done,
                 failed=self._failed,
                 finished=finished,
+                calls=() if finished else self._observer.running(),
             )
 
     async def aclose(self) -> None:

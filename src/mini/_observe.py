@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any
@@ -47,6 +48,13 @@ class CallObserver:
     def settled(self, index: int) -> None:
         """Call `index` has an outcome: it no longer runs."""
         self.latest.pop(index, None)
+        self.placements.pop(index, None)
+
+    def running(self) -> list[tuple[int, str]]:
+        """A line for each running call that said something: its latest metrics, where it runs, how long
+        it has run (for the live display)."""
+        indices = sorted(set(self.placements) | set(self.latest))
+        return [(index, describe(self.latest.get(index), self.placements.get(index))) for index in indices]
 
     def _deliver(self, report: Report) -> None:
         if self._queue is None:
@@ -85,13 +93,19 @@ class CallObserver:
 
 
 def describe(report: Report | None, placement: Placement | None) -> str:
-    """A running call in one line: its latest metrics and where it runs."""
+    """A running call in one line: its latest metrics, where it runs and for how long."""
     parts = []
     if report is not None:
         parts.append(" ".join(f"{key}={_short(value)}" for key, value in report.metrics.items()))
     if placement is not None:
         parts.append(placement.describe())
+        parts.append(_elapsed(time.time() - placement.started))
     return " · ".join(parts)
+
+
+def _elapsed(seconds: float) -> str:
+    minutes, seconds = divmod(max(int(seconds), 0), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def _short(value: Any) -> str:

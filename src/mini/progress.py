@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import itertools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,13 +78,25 @@ class Progress:
         self._task = self._bar.add_task(label, total=total, counts="")
         self._bar.start()
 
-    def update(self, *, submitted: int, running: int, done: int, failed: int, finished: bool = False) -> None:
+    def update(
+        self,
+        *,
+        submitted: int,
+        running: int,
+        done: int,
+        failed: int,
+        finished: bool = False,
+        calls: Sequence[tuple[int, str]] = (),
+    ) -> None:
+        """New counts; `calls`: the running calls worth a line of their own under the bar, as
+        (index, what they last reported and where they run)."""
         counts = Counts(self._label, self._total, submitted, running, done, failed, finished=finished)
         self._tell(counts)
         if self._bar is None:
             return
         text = f"queued {counts.queued} · running {running} · done {done} · failed {failed}"
         total = self._total if self._total is not None else (submitted if finished else None)
+        self._bar.calls = [(f"#{index}", line) for index, line in calls]
         self._bar.update(self._task, completed=done + failed, total=total, counts=text)
 
     def close(self) -> None:
@@ -102,16 +114,36 @@ class Progress:
             listener(self._id, counts)
 
 
+# Running calls shown by name under the bar; the rest are counted.
+SHOWN_CALLS = 8
+
+
 def rich_bar(**options: Any) -> Any:
     """The bar every progress display draws (a map's here, `mini watch`'s in `mini.cli.output`): the label,
-    the bar, done of total, a text field `counts`, the time elapsed. `options` go to `rich.progress.Progress`.
+    the bar, done of total, a text field `counts`, the time elapsed; and under it a line per running call in
+    `bar.calls` (label, text). `options` go to `rich.progress.Progress`.
 
         with rich_bar() as bar:
             task = bar.add_task("train", total=8, counts="")
+            bar.calls = [("#3", "step=120 loss=0.31 · 8 CPUs · vm")]
             bar.update(task, completed=3, counts="running 2")
     """
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.progress import Progress as RichProgress
+    from rich.table import Table
+
+    class BarWithCalls(RichProgress):
+        calls: list[tuple[str, str]] = []
+
+        def get_renderables(self) -> Iterator[Any]:
+            yield self.make_tasks_table(self.tasks)
+            if self.calls:
+                table = Table.grid(padding=(0, 2))
+                for label, text in self.calls[:SHOWN_CALLS]:
+                    table.add_row(f"  {label}", text)
+                if len(self.calls) > SHOWN_CALLS:
+                    table.add_row("", f"… and {len(self.calls) - SHOWN_CALLS} more running")
+                yield table
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
-    return RichProgress(*columns, TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), **options)
+    return BarWithCalls(*columns, TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), **options)

@@ -282,3 +282,9 @@ def loads_once(x: int) -> tuple[int, int]:
 
     data.training_set(64, seed=0)
     return os.getpid(), data.training_set.cache_info().misses
+
+
+def bad_report() -> None:
+    import mini
+
+    mini.report(loss=[0.1, 0.2])

@@ -55,7 +55,23 @@ class Sink:
     def item(self, index, data):
         send(("event", index, "item", data))
 
-from mini.runtime import CallContext
+class Lines:
+    # sys.stdout of the child: a call's printed lines become its events.
+    def __init__(self, name):
+        self.name = name
+    def write(self, text):
+        context = current()
+        if context is None:
+            return sys.__stderr__.write(text)
+        for line in text.splitlines():
+            context.events.emit(context.index, "output", (self.name, line))
+        return len(text)
+    def flush(self):
+        pass
+
+from mini.reports import placement_here
+from mini.runtime import CallContext, current
+sys.stdout, sys.stderr = Lines("stdout"), Lines("stderr")
 from mini.serialization import Call, Outcome, encode_error, loads, run_call
 fn_blob, calls, volumes = pickle.load(sys.stdin.buffer)
 try:
@@ -67,6 +83,7 @@ except Exception as exc:
 send(("ready",))
 
 def run(index, payload):
+    send(("event", index, "started", placement_here()))
     context = CallContext(index, "subprocess", Sink(), volumes=volumes)
     outcome = run_call(fn, Call(index, payload), context=context)
     send(("outcome", index, outcome.ok, outcome.data))

@@ -71,11 +71,9 @@ class _Worker:
     """One worker process and its socket. A reader task takes every message the worker sends: replies go to
     the batch waiting for them, events to the dispatch whose call sent them."""
 
-    def __init__(
-        self, process: asyncio.subprocess.Process, sock: socket.socket, workdir: str | None, placement: Any
-    ) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, sock: socket.socket, workdir: str | None) -> None:
         self.process = process
-        self.placement = placement
+        self.placement: Any = None  # where its calls run: told in its hello
         self._sock = sock
         self._workdir = workdir
         self._loop = asyncio.get_running_loop()
@@ -83,7 +81,7 @@ class _Worker:
         self._waiting: dict[int, tuple[asyncio.Future[Any], Any]] = {}  # batch -> (its reply, its dispatch)
         self._loaded: OrderedDict[int, None] = OrderedDict()  # least recently used first
         self._echoes = [_echo(process.stdout, "stdout"), _echo(process.stderr, "stderr")]
-        self._reader = asyncio.ensure_future(self._read_all())
+        self._reader: asyncio.Future[None] | None = None
 
     @classmethod
     async def start(cls, command: WorkerCommand) -> _Worker:
@@ -115,21 +113,24 @@ class _Worker:
         finally:
             theirs.close()
         ours.setblocking(False)
-        loop = asyncio.get_running_loop()
+        # Made at once, so that what it prints is passed on (to its end) even if it never says hello.
+        worker = cls(process, ours, workdir)
         try:
-            hello = await _receive(loop, ours)
+            hello = await _receive(worker._loop, ours)
         except BaseException:
             # Cancelled while it started (its pool is closing): it must not live on to find no one there.
-            _kill(process, ours, workdir)
+            worker.kill()
             raise
         if hello is None or hello[0] != "ready":
-            _kill(process, ours, workdir)
-            detail = hello[1] if hello else f"{await _exit_status(process)}; its stderr is above"
+            worker.kill()
+            detail = hello[1] if hello else f"{await worker.exit_status()}; its stderr is above"
             raise WorkerCrashed(
                 f"a worker process could not start with {command.python} ({detail}). "
                 "Check that this interpreter can import mini and cloudpickle."
             )
-        return cls(process, ours, workdir, hello[2])
+        worker.placement = hello[2]
+        worker._reader = asyncio.ensure_future(worker._read_all())
+        return worker
 
     def plan_load(self, key: int) -> tuple[bool, list[int]]:
         """For a batch of function `key`: whether to send the function with it, and which functions the
@@ -197,7 +198,15 @@ class _Worker:
                 owner.take_events(mine, self.placement)
 
     def kill(self) -> None:
-        _kill(self.process, self._sock, self._workdir)
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        # Shut down, not closed, while the reader waits on it: it sees the end, and closes the socket.
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        if self._reader is None:
+            self._sock.close()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
     async def echoed(self) -> None:
         """Wait (briefly) until everything the worker printed has been passed on."""
@@ -207,16 +216,6 @@ class _Worker:
         status = await _exit_status(self.process)
         await self.echoed()  # so that its stderr is above whatever is said about its death
         return status
-
-
-def _kill(process: asyncio.subprocess.Process, sock: socket.socket, workdir: str | None) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
-    # Shut down, not closed: the reader waiting on the socket sees its end, and closes it.
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    if workdir is not None:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def _exit_status(process: asyncio.subprocess.Process) -> str:

@@ -9,6 +9,7 @@ driven on the caller's thread (`Capabilities.caller_thread`, see `mini.backend`)
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -88,7 +89,8 @@ class _ThreadDispatch(Dispatch):
         self._event = Signal()
         self._lock = threading.Lock()
         self._ready: list[Outcome | CallEvent] = []
-        self._started: dict[int, float] = {}
+        self._started: dict[int, float] = {}  # monotonic, for timeouts
+        self._began: dict[int, float] = {}  # wall-clock, for the call's placement
         self._announced: set[int] = set()
         self._credit: dict[int, threading.Semaphore] = {}
         self._abandoned: set[int] = set()
@@ -112,6 +114,7 @@ class _ThreadDispatch(Dispatch):
             if self._cancelled:
                 return False
             self._started[call.index] = time.monotonic()
+            self._began[call.index] = time.time()
         if self._timeout is not None:
             self._event.set_later(self._timeout)
         with applied(self._env):
@@ -119,6 +122,7 @@ class _ThreadDispatch(Dispatch):
             outcome = run_call(self._fn, call, out_of_band=True, shared_memory=True, context=context)
         with self._lock:
             self._started.pop(call.index, None)
+            self._began.pop(call.index, None)
             self._announced.discard(call.index)
             self._credit.pop(call.index, None)
             if call.index in self._abandoned:
@@ -150,7 +154,10 @@ class _ThreadDispatch(Dispatch):
         # A call is announced when it first has something to say: a silent call costs no event.
         if index not in self._announced:
             self._announced.add(index)
-            self._ready.append(CallEvent(index, "started", placement_here()))
+            began = self._began.get(index, time.time())
+            self._ready.append(
+                CallEvent(index, "started", dataclasses.replace(placement_here(), started=began))
+            )
 
     def item(self, index: int | None, data: bytes) -> None:
         assert index is not None

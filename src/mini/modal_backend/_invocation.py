@@ -459,7 +459,7 @@ class MapInvocation:
             await stub.FunctionRetryInputs(
                 api_pb2.FunctionRetryInputsRequest(
                     function_call_jwt=response.function_call_jwt,
-                    inputs=[api_pb2.FunctionRetryInputsItem(input_jwt=entry.jwt, input=item.input)],
+                    inputs=[api_pb2.FunctionRetryInputsItem(input_jwt=entry.jwt or "", input=item.input)],
                 ),
                 retry=_PUT_RETRY,
             )

@@ -156,7 +156,7 @@ class Session:
         )
         if kind.kind == "batch":
             entry = modal.batched(
-                max_batch_size=options.max_batch_size, wait_ms=int(options.batch_wait_ms or 0)
+                max_batch_size=options.max_batch_size or 1, wait_ms=int(options.batch_wait_ms or 0)
             )(entry)
         if options.concurrent_inputs and options.concurrent_inputs > 1:
             entry = modal.concurrent(max_inputs=options.concurrent_inputs)(entry)
