@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import closures, image_spec, memory, modal_overhead, report, volumes, workloads
+from bench import closures, execution_models, image_spec, memory, modal_overhead, report, volumes, workloads
 from bench.workloads import FULL, QUICK, Sizes
 
 # Each section returns a JSON-ready dict that lands in results.json under its name; a section
@@ -26,6 +26,7 @@ SECTIONS: list[tuple[str, Callable[[Sizes], dict[str, Any]]]] = [
     ("image_spec", lambda sizes: image_spec.run()),
     ("modal", modal_overhead.run),
     ("volumes", volumes.run),
+    ("execution_models", execution_models.run),
 ]
 
 

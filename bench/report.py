@@ -84,6 +84,27 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "factor": None,
                 }
             )
+    for backend, figures in results.get("execution_models", {}).items():
+        batching, concurrency = figures["batching"], figures["concurrency"]
+        rows.append(
+            _row(
+                f"batching: {batching['inputs']:,} inputs, max_batch_size={batching['max_batch_size']}, "
+                f"{batching['invocation_ms']:g} ms per invocation, {backend}",
+                "≥ 10× unbatched",
+                f"{batching['speedup']:.1f}× "
+                f"({batching['unbatched_s']:.2f} s → {batching['batched_s']:.2f} s)",
+                batching["speedup"] / 10,
+            )
+        )
+        rows.append(
+            _row(
+                f"concurrency: {concurrency['calls']} × {concurrency['wait_ms']:g} ms on one worker, "
+                f"concurrent_inputs={concurrency['concurrent_inputs']}, {backend}",
+                f"≤ 5× {concurrency['ideal_s']:g} s",
+                f"{concurrency['seconds']:.2f} s ({concurrency['times_ideal']:.1f}× ideal)",
+                5 / concurrency["times_ideal"],
+            )
+        )
     return rows
 
 
@@ -140,7 +161,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _memory_table(results["memory"])
     if "modal" in results:
         lines += _modal_table(results["modal"])
-    known = {"meta", "local", "closures", "targets", "memory", "modal"}
+    known = {"meta", "local", "closures", "targets", "memory", "modal", "execution_models"}
     for section, figures in results.items():
         if section not in known:
             lines += [f"## {section}", ""] + [f"- {key}: {value}" for key, value in figures.items()] + [""]

@@ -106,6 +106,10 @@ def test_invalid_values_fail_before_anything_is_sent(modal_emulator):
         ModalApparatus("x").w(gpu="A1000")
     with pytest.raises(OptionError):
         ModalApparatus("x", timeout=-5)
+    with pytest.raises(OptionError, match="limit of 1000 inputs per batch"):
+        ModalApparatus("x").w(max_batch_size=1001)
+    with pytest.raises(OptionError, match="10 minutes"):
+        ModalApparatus("x").w(max_batch_size=8, batch_wait_ms=600_001)
     assert sum(modal_emulator.recorder.rpc_counts.values()) == before
 
 

@@ -1,4 +1,4 @@
-"""`_MapRun`: one map in progress, with the semantics every backend shares, written once.
+"""`MapRun`: one map in progress, with the semantics every backend shares, written once.
 
 Zipping is the API's job (`mini.apparatus`); here: lazy bounded input, ordering, retries, progress and
 cancellation, over the one primitive a backend supplies (`mini.dispatch.Dispatch`).
@@ -48,13 +48,7 @@ class MapRun:
         total: int | None = None,
         lend_buffers: bool = False,
     ) -> None:
-        if not callable(fn):
-            raise ArgumentError(f"the function to run must be callable, got {type(fn).__name__}")
-        if yields(fn):
-            raise ArgumentError(
-                f"{getattr(fn, '__qualname__', fn)} is a generator function: its values are read with "
-                "app.stream(fn, ...) (or astream), not run or map."
-            )
+        check_runnable(fn)
         self._backend = backend
         self._options = options
         self._label = label
@@ -260,6 +254,18 @@ class StreamRun:
                 await self._dispatch.aclose()
         finally:
             self._observer.close()
+
+
+def check_runnable(fn: Callable[..., Any]) -> None:
+    """Refuse what `run`, `map` and `spawn` cannot call: a non-callable, or a generator function (whose
+    values only `stream` can read)."""
+    if not callable(fn):
+        raise ArgumentError(f"the function to run must be callable, got {type(fn).__name__}")
+    if yields(fn):
+        raise ArgumentError(
+            f"{getattr(fn, '__qualname__', fn)} is a generator function: its values are read with "
+            "app.stream(fn, ...) (or astream), not run, map or spawn."
+        )
 
 
 def yields(fn: Callable[..., Any]) -> bool:

@@ -48,3 +48,14 @@ def fail_first_time(marker: str) -> str:
 
 def environment_variable(name: str) -> str | None:
     return os.environ.get(name)
+
+
+async def async_square(x: int) -> int:
+    import asyncio
+
+    await asyncio.sleep(0)
+    return x * x
+
+
+def count_to(n: int):
+    yield from range(n)

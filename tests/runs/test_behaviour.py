@@ -31,6 +31,16 @@ def test_spawn_map_runs_every_call_and_records_the_run(app, detached_backend, pr
     assert record.project_root == str(project) and record.git_commit is None and record.launched is not None
 
 
+def test_spawned_async_functions_are_awaited(app):
+    assert app.spawn(functions.async_square, 3).result(timeout=60) == 9
+    assert app.spawn_map(functions.async_square, range(3)).results(timeout=60) == [0, 1, 4]
+
+
+def test_spawn_refuses_a_generator_function_and_points_at_stream(app):
+    with pytest.raises(TypeError, match="stream"):
+        app.spawn(functions.count_to, 3)
+
+
 def test_a_spawned_call_reopens_by_id_and_reports_its_exception(app):
     job = app.spawn(functions.fail, "boom")
     assert job.id.endswith("/0")

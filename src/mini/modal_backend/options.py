@@ -31,6 +31,10 @@ DEFAULT_TIMEOUT = 3600
 DEFAULT_MAX_CONTAINERS = 10
 DEFAULT_STARTUP_TIMEOUT = 600.0
 
+# What `modal.batched` accepts.
+MAX_BATCH_SIZE = 1000
+MAX_BATCH_WAIT_MS = 10 * 60 * 1000
+
 
 def check(options: Options) -> None:
     """Raise `OptionError` for values Modal would refuse."""
@@ -46,6 +50,16 @@ def check(options: Options) -> None:
         raise OptionError(f"timeout={options.timeout!r} is over Modal's limit of 24 hours (86400 s).")
     if options.memory is not None and options.memory < 128:
         raise OptionError(f"memory={options.memory!r} is in MiB and must be at least 128.")
+    if options.max_batch_size is not None and options.max_batch_size > MAX_BATCH_SIZE:
+        raise OptionError(
+            f"max_batch_size={options.max_batch_size!r} is over Modal's limit of {MAX_BATCH_SIZE} inputs per "
+            "batch. Use a smaller batch."
+        )
+    if options.batch_wait_ms is not None and options.batch_wait_ms > MAX_BATCH_WAIT_MS:
+        raise OptionError(
+            f"batch_wait_ms={options.batch_wait_ms!r} is over Modal's limit of {MAX_BATCH_WAIT_MS} ms "
+            "(10 minutes)."
+        )
 
 
 def function_arguments(options: Options) -> dict[str, Any]:

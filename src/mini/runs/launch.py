@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from mini._maprun import check_runnable
 from mini.runs.handles import Run
 from mini.runs.process_identity import identify
 from mini.runs.provenance import function_name, git_state, summarise_arguments
@@ -49,8 +50,7 @@ def launch(
     from mini.project import find_project_root
     from mini.serialization import ArgumentEncoder, dump_function
 
-    if not callable(fn):
-        raise TypeError(f"the function to run must be callable, got {type(fn).__name__}")
+    check_runnable(fn)
     root = (project_root or find_project_root()).resolve()
     shared = dict(kwargs or {})
     fn_blob = dump_function(fn)
