@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -43,19 +44,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"bench: no section {', '.join(sorted(unknown))}; choose from {_names()}")
     sizes = QUICK if options.quick else FULL
     started = time.perf_counter()
-    results: dict[str, Any] = {"meta": _meta(options.quick)}
+    results = _kept(Path(options.out), options.quick) if options.only else {}
+    results["meta"] = {**_meta(options.quick), "sections": results.get("meta", {}).get("sections", {})}
     for name, section in SECTIONS:
         if name in chosen:
             print(f"bench: {name} ...", file=sys.stderr, flush=True)
             section_started = time.perf_counter()
+            load_before = _load()
             results[name] = section(sizes)
-            print(f"bench: {name} took {time.perf_counter() - section_started:.0f} s", file=sys.stderr)
+            seconds = time.perf_counter() - section_started
+            results["meta"]["sections"][name] = {
+                "date": results["meta"]["date"],
+                "mini_commit": results["meta"]["mini_commit"],
+                "load_before": load_before,
+                "load_after": _load(),
+                "seconds": seconds,
+            }
+            print(f"bench: {name} took {seconds:.0f} s", file=sys.stderr)
     results["targets"] = report.targets(results)
     results["meta"]["load_after"] = _load()
     results["meta"]["seconds"] = time.perf_counter() - started
     paths = report.write(results, Path(options.out))
     print(f"bench: wrote {', '.join(map(str, paths))}", file=sys.stderr)
     return results
+
+
+def _kept(folder: Path, quick: bool) -> dict[str, Any]:
+    """The sections an earlier run wrote into `folder` (of the same kind, quick or full), which a run of
+    `--only` some sections keeps: each section says when, at which commit and under which load it ran."""
+    try:
+        earlier: dict[str, Any] = json.loads((folder / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if earlier.get("meta", {}).get("quick") != quick:
+        return {}
+    earlier.pop("targets", None)
+    return earlier
 
 
 def _parser() -> argparse.ArgumentParser:

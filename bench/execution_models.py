@@ -3,7 +3,9 @@
 Batching pays off when each invocation has a cost of its own whatever its size (a kernel launch, a forward
 pass): the function here sleeps `INVOCATION_MS` per invocation and does nothing per input, so the map of
 tiny inputs measures how well mini amortises that fixed cost (`max_batch_size=100`) against the same map
-unbatched. Concurrency: `CONCURRENT_CALLS` calls that each wait `WAIT_MS` on one worker (one process, or
+unbatched. The same maps of a function that costs nothing
+are measured beside it (no target: there batching only saves mini's and Modal's per-call overhead).
+Concurrency: `CONCURRENT_CALLS` calls that each wait `WAIT_MS` on one worker (one process, or
 one container) with `concurrent_inputs=50`; the target is five times the ideal (four rounds of 50).
 Both run in this process against an emulator serving in a thread (containers are its subprocesses).
 """
@@ -59,6 +61,10 @@ def _measure(app: Any, one_worker: Any, inputs: int) -> dict[str, Any]:
     list(batched.map(batch_invocation, range(4)))
     unbatched_s = _timed(lambda: _check(list(app.map(one_invocation, range(inputs))), inputs))
     batched_s = _timed(lambda: _check(list(batched.map(batch_invocation, range(inputs))), inputs))
+    list(app.map(trivial, range(4)))
+    list(batched.map(trivial_batch, range(4)))
+    trivial_s = _timed(lambda: _check(list(app.map(trivial, range(inputs))), inputs))
+    trivial_batched_s = _timed(lambda: _check(list(batched.map(trivial_batch, range(inputs))), inputs))
     single = one_worker.w(concurrent_inputs=CONCURRENCY)
     list(single.map(wait, range(CONCURRENCY)))
     concurrent_s = _timed(lambda: _check(list(single.map(wait, range(CONCURRENT_CALLS))), CONCURRENT_CALLS))
@@ -71,6 +77,9 @@ def _measure(app: Any, one_worker: Any, inputs: int) -> dict[str, Any]:
             "unbatched_s": unbatched_s,
             "batched_s": batched_s,
             "speedup": unbatched_s / batched_s,
+            "trivial_unbatched_s": trivial_s,
+            "trivial_batched_s": trivial_batched_s,
+            "trivial_speedup": trivial_s / trivial_batched_s,
         },
         "concurrency": {
             "calls": CONCURRENT_CALLS,
@@ -90,6 +99,14 @@ def one_invocation(x: int) -> int:
 
 def batch_invocation(xs: list[int]) -> list[int]:
     time.sleep(INVOCATION_MS / 1000)
+    return xs
+
+
+def trivial(x: int) -> int:
+    return x
+
+
+def trivial_batch(xs: list[int]) -> list[int]:
     return xs
 
 

@@ -142,7 +142,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"{meta['date']}, mini {meta['mini_commit']}, Python {meta['python']}, {meta['cpus']} CPUs "
         f"(load average {meta['load_before']} before, {meta['load_after']} after), "
         f"{meta['seconds']:.0f} s in all{quick}. "
-        "Medians of interleaved rounds: compare ratios within this run, not absolute times across runs.",
+        "Medians of interleaved rounds: compare ratios within this run, not absolute times across runs."
+        + (
+            " Sections can be re-run alone: the last table says when each was measured."
+            if meta.get("sections")
+            else ""
+        ),
         "",
     ]
     if "local" in results:
@@ -161,6 +166,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _memory_table(results["memory"])
     if "modal" in results:
         lines += _modal_table(results["modal"])
+    if "execution_models" in results:
+        lines += _execution_models_table(results["execution_models"])
     known = {"meta", "local", "closures", "targets", "memory", "modal", "execution_models"}
     for section, figures in results.items():
         if section not in known:
@@ -169,7 +176,53 @@ def markdown(results: dict[str, Any]) -> str:
         "dask and ray are not dependencies of this project, so their columns from the issue are left out.",
         "",
     ]
+    lines += _when_measured(meta.get("sections", {}))
     return "\n".join(lines)
+
+
+def _execution_models_table(figures: dict[str, Any]) -> list[str]:
+    lines = ["## Execution models: batching and input concurrency", ""]
+    lines += [
+        "| backend | map | unbatched | max_batch_size=100 | speedup |",
+        "|---|---|---|---|---|",
+    ]
+    for backend, f in figures.items():
+        b = f["batching"]
+        lines.append(
+            f"| {backend} | {b['inputs']:,} inputs, {b['invocation_ms']:g} ms per invocation | "
+            f"{b['unbatched_s']:.2f} s | {b['batched_s']:.2f} s | {b['speedup']:.1f}× |"
+        )
+        lines.append(
+            f"| {backend} | {b['inputs']:,} inputs, a function that costs nothing | "
+            f"{b['trivial_unbatched_s']:.2f} s | {b['trivial_batched_s']:.2f} s | "
+            f"{b['trivial_speedup']:.1f}× |"
+        )
+    lines += [
+        "",
+        "| backend | calls on one worker | concurrent_inputs | seconds | × ideal |",
+        "|---|---|---|---|---|",
+    ]
+    for backend, f in figures.items():
+        c = f["concurrency"]
+        lines.append(
+            f"| {backend} | {c['calls']} × {c['wait_ms']:g} ms | {c['concurrent_inputs']} | "
+            f"{c['seconds']:.2f} | {c['times_ideal']:.1f}× |"
+        )
+    return [*lines, ""]
+
+
+def _when_measured(sections: dict[str, Any]) -> list[str]:
+    """Sections can be re-run alone (`--only`): when each one ran, at which commit, under which load."""
+    if not sections:
+        return []
+    lines = ["## When each section was measured", ""]
+    lines += ["| section | date | commit | load average before → after | seconds |", "|---|---|---|---|---|"]
+    for name, when in sections.items():
+        lines.append(
+            f"| {name} | {when['date']} | {when['mini_commit']} | {when['load_before']} → "
+            f"{when['load_after']} | {when['seconds']:.0f} |"
+        )
+    return [*lines, ""]
 
 
 def _local_tables(local: dict[str, Any], closures: dict[str, Any] | None) -> list[str]:

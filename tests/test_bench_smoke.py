@@ -53,3 +53,18 @@ def test_quick_volumes_run_moves_the_file_intact_on_both_backends(tmp_path: Path
         assert figures["intact"] and figures["file_mb"] > figures["baseline_mb"] > 0
         assert figures["peak_mb"] >= figures["peak_after_baseline_mb"] > 0
     assert "volumes: 32 MiB upload and download, modal" in (tmp_path / "results.md").read_text()
+
+
+def test_quick_execution_models_run_answers_every_input_and_sections_run_alone_are_kept(
+    tmp_path: Path,
+) -> None:
+    models = main(["--quick", "--only", "execution_models", "--out", str(tmp_path)])["execution_models"]
+    assert set(models) == {"process", "modal"}
+    for figures in models.values():
+        assert figures["batching"]["speedup"] > 0 and figures["concurrency"]["seconds"] > 0
+    main(["--quick", "--only", "image_spec", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {"execution_models", "image_spec"} <= set(results)
+    assert set(results["meta"]["sections"]) == {"execution_models", "image_spec"}
+    table = (tmp_path / "results.md").read_text()
+    assert "## Execution models" in table and "| image_spec |" in table
