@@ -240,6 +240,12 @@ def short_by_one(xs: list) -> list:
     return xs[:-1]
 
 
+def refuses_batches_with_a_seven(xs: list) -> list:
+    if 7 in xs:
+        raise ValueError("7 is not allowed")
+    return xs
+
+
 def concurrent_meeting(x: int, folder: str, meet: int) -> tuple[int, int]:
     """Wait until `meet` calls run in this process at once; return (pid, how many were running then)."""
     pid = os.getpid()

@@ -118,6 +118,19 @@ def test_a_wrong_length_batch_result_fails_every_input_of_the_batch(app):
     assert "returned 2 results" in str(out[0])
 
 
+def test_a_batch_that_raises_fails_every_input_of_that_batch_and_says_so(app):
+    # Ordered inputs, batches of at most 4: 7 is in the second batch of full ones; the others succeed.
+    out = list(
+        app.w(max_batch_size=4, batch_wait_ms=200).map(
+            calls.refuses_batches_with_a_seven, range(12), return_exceptions=True
+        )
+    )
+    failed = [x for x, outcome in zip(range(12), out) if isinstance(outcome, ValueError)]
+    assert 7 in failed and 1 <= len(failed) <= 4, out
+    assert all(outcome == x for x, outcome in zip(range(12), out) if x not in failed), out
+    assert "every input of the batch fails with it" in " ".join(out[7].__notes__)
+
+
 def test_batching_takes_positional_inputs_only(app):
     with pytest.raises(OptionError, match="positional"):
         list(app.w(max_batch_size=2).map(calls.sum_columns, [1], kwargs={"ys": 2}))
