@@ -111,7 +111,7 @@ def test_a_rejected_token_is_one_line_with_one_fix(experiment, tmp_path, modal_e
 
 def test_a_rejected_token_from_the_config_file_is_fixed_by_storing_a_new_one(monkeypatch):
     import mini.modal_backend.auth
-    from mini.modal_backend.session import token_error
+    from mini.modal_backend.auth import token_error
 
     monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
     monkeypatch.setattr(mini.modal_backend.auth, "configured_token", lambda: ("ak-stored", "as-stored"))

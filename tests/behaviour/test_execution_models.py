@@ -125,9 +125,9 @@ def test_a_batch_that_raises_fails_every_input_of_that_batch_and_says_so(app):
             calls.refuses_batches_with_a_seven, range(12), return_exceptions=True
         )
     )
-    failed = [x for x, outcome in zip(range(12), out) if isinstance(outcome, ValueError)]
+    failed = [x for x, outcome in enumerate(out) if isinstance(outcome, ValueError)]
     assert 7 in failed and 1 <= len(failed) <= 4, out
-    assert all(outcome == x for x, outcome in zip(range(12), out) if x not in failed), out
+    assert all(outcome == x for x, outcome in enumerate(out) if x not in failed), out
     assert "every input of the batch fails with it" in " ".join(out[7].__notes__)
 
 

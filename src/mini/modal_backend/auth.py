@@ -179,3 +179,19 @@ def _make_owner_only(path: Path) -> None:
     # Modal opens the file with the default umask; creating it first (0600) keeps the secret private.
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     path.chmod(0o600)
+
+
+def token_error() -> ModalAuthError:
+    """Modal refused the token: the one fix that applies where Modal found it (Modal's own text suggests
+    `modal token new`, which stores a token that MODAL_TOKEN_ID would still override)."""
+    token = configured_token()
+    if token is None:
+        return ModalAuthError("no Modal token is set up. Run `./go auth` to store one.")
+    if os.environ.get("MODAL_TOKEN_ID"):
+        return ModalAuthError(
+            f"Modal rejected the token in MODAL_TOKEN_ID ({token[0]}). Set MODAL_TOKEN_ID and "
+            "MODAL_TOKEN_SECRET to a token from https://modal.com/settings/tokens."
+        )
+    return ModalAuthError(
+        f"Modal rejected the token {token[0]} stored in {config_path()}. Run `./go auth` to store a new one."
+    )

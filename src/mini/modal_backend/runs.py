@@ -21,8 +21,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mini import _loop
+from mini.modal_backend.auth import token_error
 from mini.modal_backend.options import DEFAULT_MAX_CONTAINERS, DEFAULT_TIMEOUT
-from mini.modal_backend.session import readable_name, run_app, token_error
+from mini.modal_backend.session import readable_name, run_app
 from mini.project import atomic_write
 from mini.runs.errors import RunError
 from mini.runs.launcher import Launcher

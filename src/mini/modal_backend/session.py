@@ -14,7 +14,6 @@ import atexit
 import contextlib
 import hashlib
 import math
-import os
 import re
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -22,8 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mini import _loop
-from mini.errors import ModalAuthError
 from mini.modal_backend import options as modal_options
+from mini.modal_backend.auth import token_error
 from mini.options import Options
 
 if TYPE_CHECKING:
@@ -208,7 +207,10 @@ async def _open_queue() -> tuple[Any, contextlib.AsyncExitStack]:
     import modal
 
     stack = contextlib.AsyncExitStack()
-    queue = await stack.enter_async_context(modal.Queue.ephemeral())
+    try:
+        queue = await stack.enter_async_context(modal.Queue.ephemeral())
+    except modal.exception.AuthError:
+        raise token_error() from None
     return queue, stack
 
 
@@ -222,24 +224,6 @@ async def run_app(app: Any, options: Options, stack: contextlib.AsyncExitStack, 
         await stack.enter_async_context(app.run.aio(detach=detach))
     except modal.exception.AuthError:
         raise token_error() from None
-
-
-def token_error() -> ModalAuthError:
-    """Modal refused the token: the one fix that applies where Modal found it (Modal's own text suggests
-    `modal token new`, which stores a token that MODAL_TOKEN_ID would still override)."""
-    from mini.modal_backend.auth import config_path, configured_token
-
-    token = configured_token()
-    if token is None:
-        return ModalAuthError("no Modal token is set up. Run `./go auth` to store one.")
-    if os.environ.get("MODAL_TOKEN_ID"):
-        return ModalAuthError(
-            f"Modal rejected the token in MODAL_TOKEN_ID ({token[0]}). Set MODAL_TOKEN_ID and "
-            "MODAL_TOKEN_SECRET to a token from https://modal.com/settings/tokens."
-        )
-    return ModalAuthError(
-        f"Modal rejected the token {token[0]} stored in {config_path()}. Run `./go auth` to store a new one."
-    )
 
 
 @contextlib.asynccontextmanager

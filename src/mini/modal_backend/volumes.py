@@ -194,7 +194,7 @@ class ModalVolumeStore(VolumeStore):
         async def run() -> T:
             import modal
 
-            from mini.modal_backend.session import token_error
+            from mini.modal_backend.auth import token_error
 
             try:
                 return await operation(volume)
