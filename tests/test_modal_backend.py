@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,30 @@ def test_interpreter_exit_stops_the_app(modal_emulator):
     assert out.stdout.strip() == "32"
     app = [a for a in modal_emulator.recorder.apps.values() if a.description == "mini-left-open"][-1]
     assert app.states[-1] == "stopped"
+
+
+def test_a_watched_call_waiting_for_a_container_is_queued_until_it_starts(modal_emulator, tmp_path):
+    import threading
+
+    from mini.progress import listening
+
+    seen = []
+    with (
+        ModalApparatus("modal-queued", max_containers=1, progress=True) as app,
+        listening(lambda _map, counts: seen.append((counts.running, counts.queued))),
+    ):
+        outcome: list[list[int]] = []
+        mapping = threading.Thread(
+            target=lambda: outcome.append(list(app.map(calls.mark_and_block, [0, 1], [str(tmp_path)] * 2)))
+        )
+        mapping.start()
+        calls.wait_for(str(tmp_path / "started-0"))
+        # The first input's container announces it within a flush interval; the second waits for it.
+        deadline = time.monotonic() + 30
+        while (1, 1) not in seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (tmp_path / "release").touch()
+        mapping.join(timeout=120)
+    assert outcome == [[0, 1]]
+    assert (1, 1) in seen, seen
+    assert (2, 0) not in seen[: seen.index((1, 1))], "the waiting input counted as running"

@@ -41,7 +41,9 @@ class ModalDispatch(Dispatch):
         )
         self._window = window
         self._startup_timeout = startup_timeout
+        self._live = live
         self._outstanding: set[int] = set()
+        self._started: set[int] = set()  # outstanding inputs a container announced (when live)
         self._ready: list[Outcome | CallEvent] = []
         self._arrived = asyncio.Event()
         self._any_result = False
@@ -50,7 +52,9 @@ class ModalDispatch(Dispatch):
         return self._window
 
     def running(self) -> int:
-        return len(self._outstanding)
+        # Watched, an input waiting for a container is queued until its container announces it; unwatched,
+        # no announcement is read, and every outstanding input counts as running.
+        return len(self._started) if self._live else len(self._outstanding)
 
     def submit(self, calls: Sequence[Call]) -> None:
         self._outstanding.update(call.index for call in calls)
@@ -62,7 +66,12 @@ class ModalDispatch(Dispatch):
     def _take(self, arrived: list[Outcome | CallEvent]) -> None:
         # Only what concerns inputs still outstanding counts: one settled by a startup timeout stays settled.
         fresh = [item for item in arrived if item.index in self._outstanding]
-        self._outstanding.difference_update(item.index for item in fresh if type(item) is not CallEvent)
+        for item in fresh:
+            if type(item) is not CallEvent:
+                self._outstanding.discard(item.index)
+                self._started.discard(item.index)
+            elif item.kind == "started":
+                self._started.add(item.index)
         if fresh:
             self._any_result = True  # an event too: its container has started
             self._ready.extend(fresh)
@@ -89,7 +98,9 @@ class ModalDispatch(Dispatch):
         )
         self._ready.extend(Outcome(index, False, error) for index in sorted(self._outstanding))
         self._outstanding.clear()
+        self._started.clear()
 
     async def aclose(self) -> None:
         self._outstanding.clear()
+        self._started.clear()
         await self._invocation.aclose()
