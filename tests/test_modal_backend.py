@@ -96,9 +96,18 @@ def test_ten_mebibyte_argument_and_result_round_trip(app):
     assert app.run(lambda b: b[::-1], blob) == blob[::-1]
 
 
-def test_a_call_that_never_finishes_fails_after_startup_timeout(app):
-    with pytest.raises(TimeoutError, match="startup_timeout=2s"):
-        app.w(startup_timeout=2).run(calls.sleep_for, 120)
+def test_a_container_that_never_starts_fails_the_call_after_startup_timeout(app, modal_emulator):
+    # Its container waits for a GPU that never comes free.
+    with modal_emulator.scarce("B200"), pytest.raises(TimeoutError, match="startup_timeout=2s"):
+        app.w(gpu="B200", startup_timeout=2).run(calls.square, 3)
+
+
+def test_a_long_call_whose_container_started_is_not_a_startup_timeout(app):
+    # Watched, a running input is announced by its container: a call longer than startup_timeout is then
+    # no sign of a container that cannot start.
+    watched = app.w(startup_timeout=1, progress=True)
+    assert watched.run(calls.sleep_for, 0) == 0  # its container is up
+    assert watched.run(calls.sleep_for, 2.5) == 2.5
 
 
 def test_invalid_values_fail_before_anything_is_sent(modal_emulator):

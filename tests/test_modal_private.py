@@ -34,6 +34,14 @@ def _coroutine(*names: str) -> Callable[[Any], None]:
     return check
 
 
+def _async_generator(*names: str) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        assert inspect.isasyncgenfunction(value), f"{value!r} is not an async generator function"
+        _takes(value, *names)
+
+    return check
+
+
 def _function(*names: str) -> Callable[[Any], None]:
     def check(value: Any) -> None:
         assert inspect.isfunction(value) and not inspect.iscoroutinefunction(value), f"{value!r}"
@@ -148,6 +156,7 @@ EXPECTED: dict[str, Callable[[Any], None]] = {
     "_Client": _client,
     "_Function": _function_class,
     "_new_token": _coroutine("profile", "activate", "verify"),
+    "_stream_function_call_data": _async_generator("client", "stub", "function_call_id", "variant"),
     "_set_token": _coroutine("token_id", "token_secret", "profile", "activate", "verify"),
     "active_profile": _active_profile,
     "api_pb2": _protocol,

@@ -246,14 +246,16 @@ def refuses_batches_with_a_seven(xs: list) -> list:
     return xs
 
 
-def concurrent_meeting(x: int, folder: str, meet: int) -> tuple[int, int]:
-    """Wait until `meet` calls run in this process at once; return (pid, how many were running then)."""
+def concurrent_meeting(x: int, folder: str, meet: int, total: int) -> tuple[int, int]:
+    """Wait until `meet` calls run in this process at once, or until all `total` calls have started (so no
+    call waits for company that cannot come); return (pid, how many ran here at once then)."""
     pid = os.getpid()
     Path(folder, f"in-{pid}-{x}").touch()
     deadline = time.monotonic() + 60
     while True:
         running = len(list(Path(folder).glob(f"in-{pid}-*"))) - len(list(Path(folder).glob(f"out-{pid}-*")))
-        if running >= meet or time.monotonic() > deadline:
+        started = len(list(Path(folder).glob("in-*")))
+        if running >= meet or started >= total or time.monotonic() > deadline:
             break
         time.sleep(0.005)
     Path(folder, f"out-{pid}-{x}").touch()

@@ -143,7 +143,7 @@ def test_each_worker_runs_n_inputs_at_once(app, backend, tmp_path):
     n = 3
     out = list(
         app.w(concurrent_inputs=n).map(
-            calls.concurrent_meeting, range(2 * n), [str(tmp_path)] * (2 * n), [n] * (2 * n)
+            calls.concurrent_meeting, range(2 * n), [str(tmp_path)] * (2 * n), [n] * (2 * n), [2 * n] * (2 * n)
         )
     )
     peak = max(running for _, running in out)

@@ -118,6 +118,9 @@ class FunctionRunner:
         self._containers: dict[str, tuple[EmulatedFunction, Container]] = {}
         self._tasks: set[asyncio.Task] = set()
         self.functions: dict[str, EmulatedFunction] = {}
+        # GPU types none of which is free: a function asking only for these keeps its inputs queued and
+        # starts no container, as on Modal while that GPU is scarce.
+        self.scarce_gpus: set[str] = set()
         self.handlers: list[object] = []  # what every container's endpoint serves (set by the server)
 
     # --- inputs, from clients ---
@@ -309,6 +312,8 @@ class FunctionRunner:
 
     def _scale(self, function: EmulatedFunction) -> None:
         if function.stopped or function.failure is not None:
+            return
+        if function.record.gpus and all(kind.upper() in self.scarce_gpus for kind, _ in function.record.gpus):
             return
         capacity = function.policy.capacity
         live = [container for container in function.containers if not container.draining]

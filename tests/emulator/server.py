@@ -134,6 +134,22 @@ class Emulator:
 
         asyncio.run_coroutine_threadsafe(add(), self._loop).result(timeout=30)
 
+    @contextlib.contextmanager
+    def scarce(self, gpu_type: str) -> Iterator[None]:
+        """While the block runs no `gpu_type` GPU is free: functions asking only for it start no container,
+        and their inputs wait in the queue (as on Modal while that GPU is scarce)."""
+        assert self._loop is not None and self._servicer is not None
+        scarce, kind = self._servicer.runner.scarce_gpus, gpu_type.upper()
+
+        async def change(add: bool) -> None:
+            scarce.add(kind) if add else scarce.discard(kind)
+
+        asyncio.run_coroutine_threadsafe(change(True), self._loop).result(timeout=30)
+        try:
+            yield
+        finally:
+            asyncio.run_coroutine_threadsafe(change(False), self._loop).result(timeout=30)
+
     async def _serve(self, started: Future[None]) -> None:
         try:
             self._loop = asyncio.get_running_loop()

@@ -118,8 +118,11 @@ class _Worker:
         try:
             hello = await _receive(worker._loop, ours)
         except BaseException:
-            # Cancelled while it started (its pool is closing): it must not live on to find no one there.
+            # Cancelled while it started (its pool is closing): it must not live on to find no one there, and
+            # it is reaped here, so that neither it nor its echoes outlive the loop.
             worker.kill()
+            with contextlib.suppress(BaseException):
+                await worker.exit_status()
             raise
         if hello is None or hello[0] != "ready":
             worker.kill()

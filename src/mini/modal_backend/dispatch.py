@@ -92,9 +92,9 @@ class ModalDispatch(Dispatch):
 
     def _fail_outstanding(self) -> None:
         error = StartupTimeoutError(
-            f"no call finished within startup_timeout={self._startup_timeout:g}s: the container may be "
-            "failing to start (an image error or a crash loop). Look at the image build and container "
-            "logs (run with progress=True to see them), or raise startup_timeout for long first calls."
+            f"no call started or finished within startup_timeout={self._startup_timeout:g}s: the container "
+            "may be failing to start (an image error, a crash loop, no free GPU). Look at the image build "
+            "and container logs (run with progress=True to see them), or raise startup_timeout."
         )
         self._ready.extend(Outcome(index, False, error) for index in sorted(self._outstanding))
         self._outstanding.clear()
