@@ -141,11 +141,9 @@ def test_batching_takes_positional_inputs_only(app):
 
 def test_each_worker_runs_n_inputs_at_once(app, backend, tmp_path):
     n = 3
-    out = list(
-        app.w(concurrent_inputs=n).map(
-            calls.concurrent_meeting, range(2 * n), [str(tmp_path)] * (2 * n), [n] * (2 * n), [2 * n] * (2 * n)
-        )
-    )
+    total = 2 * n
+    folders, meets, totals = [str(tmp_path)] * total, [n] * total, [total] * total
+    out = list(app.w(concurrent_inputs=n).map(calls.concurrent_meeting, range(total), folders, meets, totals))
     peak = max(running for _, running in out)
     # Thread mode has one process: its workers' threads all run in it.
     allowed = n * 2 if backend == "thread" else n
