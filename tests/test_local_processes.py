@@ -198,3 +198,12 @@ def test_a_worker_whose_pool_has_gone_exits_quietly():
             timeout=60,
         )
     assert (done.returncode, done.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("mode", ["process", "isolated"])
+def test_under_concurrency_only_the_input_that_killed_its_worker_fails(mode):
+    # The inputs that ran beside the culprit are run again, each alone: none of them is blamed.
+    with LocalApparatus("crash-concurrent", workers=2, mode=mode) as app:
+        out = list(app.w(concurrent_inputs=3).map(calls.crash_on, range(8), [1] * 8, return_exceptions=True))
+    assert isinstance(out[1], WorkerCrashed) and "call #1 " in str(out[1])
+    assert [out[x] for x in (0, 2, 3, 4, 5, 6, 7)] == [0, 2, 3, 4, 5, 6, 7]

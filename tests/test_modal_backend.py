@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mini import ModalApparatus, ModalAuthError, OptionError
+from mini import ModalApparatus, ModalAuthError, OptionError, WorkerCrashed
 from mini.image import derive_image_spec
 from tests.behaviour import calls
 
@@ -205,3 +205,15 @@ def test_a_watched_call_waiting_for_a_container_is_queued_until_it_starts(modal_
     assert outcome == [[0, 1]]
     assert (1, 1) in seen, seen
     assert (2, 0) not in seen[: seen.index((1, 1))], "the waiting input counted as running"
+
+
+def test_under_concurrency_a_dead_container_fails_the_inputs_it_ran_as_worker_crashed(modal_emulator):
+    # Modal reports every input that was running in the container when it died; the others go on.
+    with ModalApparatus("modal-crash-concurrent", max_containers=1) as app:
+        out = list(app.w(concurrent_inputs=3).map(calls.crash_on, range(8), [1] * 8, return_exceptions=True))
+    assert isinstance(out[1], WorkerCrashed) and "call #1 " in str(out[1])
+    others = [out[x] for x in (0, 2, 3, 4, 5, 6, 7)]
+    assert all(
+        o == x or isinstance(o, WorkerCrashed) for x, o in zip((0, 2, 3, 4, 5, 6, 7), others, strict=True)
+    )
+    assert sum(isinstance(o, WorkerCrashed) for o in others) <= 2, out  # at most its two companions

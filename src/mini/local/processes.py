@@ -82,6 +82,7 @@ class _Worker:
         self._loaded: OrderedDict[int, None] = OrderedDict()  # least recently used first
         self._echoes = [_echo(process.stdout, "stdout"), _echo(process.stderr, "stderr")]
         self._reader: asyncio.Future[None] | None = None
+        self.running_at_end = 0  # batches it was running when its socket closed (it died, or was killed)
 
     @classmethod
     async def start(cls, command: WorkerCommand) -> _Worker:
@@ -187,6 +188,7 @@ class _Worker:
                     self._route(message[1])
         finally:
             self._sock.close()
+            self.running_at_end = len(self._waiting)
             for reply, _ in self._waiting.values():
                 if not reply.done():
                     reply.set_result(None)
@@ -338,6 +340,9 @@ class ProcessPool:
         try:
             while True:
                 dispatch, batch = await self._next_batch()
+                if self.concurrent > 1 and dispatch.is_solo(batch):
+                    await self._run_alone(slot, dispatch, batch)
+                    continue
                 try:
                     worker = await self._worker(position)
                 except WorkerCrashed as error:
@@ -355,6 +360,23 @@ class ProcessPool:
                 self._processes[position] = None
                 ending.kill()
                 await ending.echoed()
+
+    async def _run_alone(self, slot: int, dispatch: _ProcessDispatch, batch: list[Call]) -> None:
+        # A suspect of a crash on a concurrent pool runs on a worker of its own, so that if it kills its
+        # process no other input goes with it.
+        try:
+            worker = await _Worker.start(self._command)
+        except WorkerCrashed as error:
+            dispatch.fail(batch, error)
+            return
+        self._busy[slot] = (worker, dispatch)
+        try:
+            await dispatch.run_batch(worker, batch)
+        finally:
+            self._busy.pop(slot, None)
+            worker.kill()
+            await worker.process.wait()
+            await worker.echoed()
 
     async def aclose(self) -> None:
         drivers, self._drivers = self._drivers, []
@@ -407,6 +429,10 @@ class _ProcessDispatch(Dispatch):
     def submit(self, calls: Sequence[Call]) -> None:
         self._queue.extend(calls)
         self._pool.wake(self)
+
+    def is_solo(self, batch: list[Call]) -> bool:
+        """Whether `batch` is a suspect of a crash, to be run alone."""
+        return len(batch) == 1 and batch[0].index in self._solo
 
     def take_batch(self) -> list[Call]:
         if self._closed or not self._queue:
@@ -490,22 +516,19 @@ class _ProcessDispatch(Dispatch):
         worker.kill()
         if self._closed:
             return
-        if len(batch) > 1:
-            # We cannot tell which call of the batch killed it: re-run them one at a time.
+        shared = worker.running_at_end > 1 and not self._solo.issuperset(call.index for call in batch)
+        if len(batch) > 1 or shared:
+            # We cannot tell which call of the batch, or of the inputs running at once, killed it: re-run
+            # each alone (on a concurrent pool, on a worker of its own), so that only the culprit fails.
             self._solo.update(call.index for call in batch)
             self._queue.extendleft(reversed(batch))
             self._pool.wake(self)
             return
         call = batch[0]
         self._solo.discard(call.index)
-        shared = (
-            " (it ran other inputs at once; any of them may have caused it)"
-            if self._pool.concurrent > 1
-            else ""
-        )
         error = WorkerCrashed(
-            f"the worker process running call #{call.index} died ({status}) before returning a result"
-            f"{shared}. The pool has replaced it; other calls are unaffected."
+            f"the worker process running call #{call.index} died ({status}) before returning a result. "
+            "The pool has replaced it; other calls are unaffected."
         )
         self._deliver([Outcome(call.index, False, error)])
 
