@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mini.apparatus import Apparatus
+    from mini.cache import CacheInfo, clear_cache, list_caches
     from mini.errors import (
         CallTimeoutError,
         MiniError,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Apparatus",
+    "CacheInfo",
     "CallTimeoutError",
     "Job",
     "LocalApparatus",
@@ -49,10 +51,15 @@ __all__ = [
     "Volume",
     "WorkerCrashed",
     "report",
+    "clear_cache",
+    "list_caches",
 ]
 
 _WHERE = {
     "Apparatus": "mini.apparatus",
+    "CacheInfo": "mini.cache",
+    "clear_cache": "mini.cache",
+    "list_caches": "mini.cache",
     "LocalApparatus": "mini.local.apparatus",
     "ModalApparatus": "mini.modal_backend",
     "ModalAuthError": "mini.errors",

@@ -1,7 +1,7 @@
 """`MapRun`: one map in progress, with the semantics every backend shares, written once.
 
-Zipping is the API's job (`mini.apparatus`); here: lazy bounded input, ordering, retries, progress and
-cancellation, over the one primitive a backend supplies (`mini.dispatch.Dispatch`).
+Zipping is the API's job (`mini.apparatus`); here: lazy bounded input, ordering, retries, cache look-ups,
+progress and cancellation, over the one primitive a backend supplies (`mini.dispatch.Dispatch`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from mini._batching import batching_dispatch, check_batchable
 from mini._observe import CallObserver
 from mini.backend import Backend
+from mini.cache.lookup import MapCache, open_map_cache
 from mini.dispatch import CallEvent, Dispatch
 from mini.errors import ArgumentError
 from mini.options import Options
@@ -29,10 +30,14 @@ def values(batch: list[tuple[bool, Any]], return_exceptions: bool) -> Iterator[A
             raise value
         yield value
 
+# Calls settled from the cache and not yet consumed, at most, before a dispatch is open to say its capacity.
+_CACHED_WINDOW = 1024
+
 
 class MapRun:
     """One map in progress, driven from mini's private loop: feeds inputs lazily within the backend's
-    capacity, retries, reorders, and hands back batches of `(ok, value_or_exception)`."""
+    capacity, settles cached calls without dispatching them, retries, reorders, and hands back batches of
+    `(ok, value_or_exception)`. With a cache, the dispatch is opened for the first call it does not hold."""
 
     def __init__(
         self,
@@ -67,6 +72,8 @@ class MapRun:
         out_of_band = backend.capabilities.buffers and not self._batched
         self._encoder = ArgumentEncoder(fn, out_of_band=out_of_band, lend=lend_buffers)
         self._dispatch: Dispatch | None = None
+        self._cache: MapCache | None = None
+        self._cached = 0
         self._counter = itertools.count()
         self._exhausted = False
         self._finished = False
@@ -83,35 +90,47 @@ class MapRun:
 
     async def next_batch(self) -> list[tuple[bool, Any]] | None:
         """The next results in output order, or None when the map is finished."""
-        if self._dispatch is None:
-            fn_blob = dump_function(self._fn)
-            if self._batched:
-                self._dispatch = await batching_dispatch(self._backend, self._fn, fn_blob, self._options)
-            else:
-                self._dispatch = await self._backend.open_dispatch(
-                    self._fn, fn_blob, self._options, ordered=self._ordered
-                )
+        if self._progress is None:
+            self._cache = open_map_cache(self._options, self._label, self._fn, self._kwargs)
+            if self._cache is None:
+                await self._open_dispatch()
             self._progress = Progress(self._label, self._progress_enabled, self._total)
         while True:
-            self._feed()
-            if self._consumed == self._submitted and self._exhausted:
+            await self._feed()
+            if self._consumed == self._submitted + self._cached and self._exhausted:
                 self._show(finished=True)
                 return None
             ready = self._take_ready()
             if ready:
                 await self._observer.caught_up()  # the reports of these calls reach on_report first
                 return ready
+            assert self._dispatch is not None  # nothing ready: some call was dispatched
+            settled = []
             for arrived in await self._dispatch.outcomes():
                 if type(arrived) is CallEvent:
                     self._observer.observe(arrived, self._attempts.get(arrived.index, 0) + 1)
                 else:
-                    self._settle(arrived)  # type: ignore[arg-type]
+                    settled.append(arrived)
+            if self._cache is not None:  # kept as they arrive, before the caller sees (and may change) them
+                self._cache.keep(settled)
+                self._cache.flush()
+            for outcome in settled:
+                self._settle(outcome)  # type: ignore[arg-type]
             self._show()
 
-    def _feed(self) -> None:
-        assert self._dispatch is not None
-        room = self._dispatch.capacity() - (self._submitted - self._consumed)
+    async def _open_dispatch(self) -> None:
+        fn_blob = dump_function(self._fn)
+        if self._batched:
+            self._dispatch = await batching_dispatch(self._backend, self._fn, fn_blob, self._options)
+        else:
+            self._dispatch = await self._backend.open_dispatch(
+                self._fn, fn_blob, self._options, ordered=self._ordered
+            )
+
+    async def _feed(self) -> None:
         calls = []
+        cache = self._cache
+        room = self._room()
         while room > 0 and not self._exhausted:
             try:
                 item = next(self._inputs)
@@ -120,17 +139,34 @@ class MapRun:
                 break
             args = tuple(item)
             index = next(self._counter)
-            call = self._encoder.encode(index, args, self._kwargs)
+            room -= 1
+            if cache is None:
+                call = self._encoder.encode(index, args, self._kwargs)
+            else:
+                hit, found = cache.look_up(index, args, self._encoder)
+                if hit:
+                    self._buffer[index] = (True, found)
+                    self._cached += 1
+                    continue
+                call = found
+                if self._dispatch is None:  # the first call to run: now the backend says how many fit
+                    await self._open_dispatch()
+                    room = self._room() - len(calls) - 1
             if self._retries:
                 self._payloads[index] = call.copy()
             calls.append(call)
-            room -= 1
         if calls:
+            assert self._dispatch is not None
             self._submitted += len(calls)
             self._dispatch.submit(calls)
-        if self._exhausted and not self._finished:
+        if self._exhausted and not self._finished and self._dispatch is not None:
             self._finished = True
             self._dispatch.finish()
+
+    def _room(self) -> int:
+        """How many more calls may be taken in: settled from the cache or dispatched, not yet consumed."""
+        capacity = _CACHED_WINDOW if self._dispatch is None else self._dispatch.capacity()
+        return capacity - (self._submitted + self._cached - self._consumed)
 
     def _settle(self, outcome: Outcome) -> None:
         index = outcome.index
@@ -165,12 +201,13 @@ class MapRun:
         return ready
 
     def _show(self, finished: bool = False) -> None:
-        if self._progress is not None and self._dispatch is not None:
+        if self._progress is not None:
             self._progress.update(
                 submitted=self._submitted,
-                running=self._dispatch.running(),
+                running=0 if self._dispatch is None else self._dispatch.running(),
                 done=self._done,
                 failed=self._failed,
+                cached=self._cached,
                 finished=finished,
                 calls=() if finished else self._observer.running(),
             )
@@ -184,6 +221,8 @@ class MapRun:
                 await self._dispatch.aclose()
         finally:
             self._observer.close()
+            if self._cache is not None:
+                self._cache.close()
             if self._progress is not None:
                 self._progress.close()
 

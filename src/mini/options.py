@@ -35,6 +35,8 @@ class Options:
     concurrent_inputs: int | None = None
     max_batch_size: int | None = None
     batch_wait_ms: float | None = None
+    cache: str | bool | None = None
+    """A result cache for run/map/starmap: a name (`"spirals-v1"`), or True for the apparatus's name."""
 
     def merged(self, changes: Mapping[str, Any]) -> Options:
         """A copy with `changes` applied on top, after checking names and values."""
@@ -54,7 +56,7 @@ class Options:
 
 
 # Options that only change what the caller sees or does, never how a call runs.
-CALLER_SIDE = frozenset({"progress", "on_report", "startup_timeout"})
+CALLER_SIDE = frozenset({"progress", "on_report", "startup_timeout", "cache"})
 
 
 NAMES = frozenset(f.name for f in fields(Options))
@@ -125,6 +127,14 @@ def _non_negative_number(name: str, value: Any) -> float:
     return value
 
 
+def _cache(name: str, value: Any) -> str | bool:
+    if isinstance(value, bool):
+        return value
+    from mini.cache.folders import check_name
+
+    return check_name(value)
+
+
 def _secrets(name: str, value: Any) -> tuple[Any, ...]:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
@@ -144,4 +154,5 @@ _CHECKERS = {
     "gpu": _gpu,
     "progress": _flag,
     "secrets": _secrets,
+    "cache": _cache,
 }

@@ -1,6 +1,7 @@
 """The progress of each map (and single call): counts for whoever listens, and a bar on a terminal.
 
-Every backend reports through `Progress`: queued, running, done and failed calls. On a terminal (or when
+Every backend reports through `Progress`: queued, running, done and failed calls, and those answered from the
+result cache without running (`cached`). On a terminal (or when
 asked) it draws a rich bar, with the lines the calls print shown above it. Code that wants the counts, such
 as the process driving a detached experiment, which records the calls the experiment makes, listens:
 
@@ -22,7 +23,8 @@ from typing import Any
 @dataclass(frozen=True)
 class Counts:
     """Where one map stands. `total` is its number of inputs when known in advance (their `len()`);
-    `finished` once it is over, every call settled or, when it was stopped early, `cancelled`."""
+    `cached` calls were answered from the result cache and never submitted; `finished` once it is over,
+    every call settled or, when it was stopped early, `cancelled`."""
 
     label: str
     total: int | None
@@ -32,6 +34,7 @@ class Counts:
     failed: int
     cancelled: int = 0
     finished: bool = False
+    cached: int = 0
 
     @property
     def queued(self) -> int:
@@ -85,19 +88,24 @@ class Progress:
         running: int,
         done: int,
         failed: int,
+        cached: int = 0,
         finished: bool = False,
         calls: Sequence[tuple[int, str]] = (),
     ) -> None:
         """New counts; `calls`: the running calls worth a line of their own under the bar, as
         (index, what they last reported and where they run)."""
-        counts = Counts(self._label, self._total, submitted, running, done, failed, finished=finished)
+        counts = Counts(
+            self._label, self._total, submitted, running, done, failed, finished=finished, cached=cached
+        )
         self._tell(counts)
         if self._bar is None:
             return
         text = f"queued {counts.queued} · running {running} · done {done} · failed {failed}"
-        total = self._total if self._total is not None else (submitted if finished else None)
+        if cached:
+            text = f"cached {cached} · {text}"
+        total = self._total if self._total is not None else (submitted + cached if finished else None)
         self._bar.calls = [(f"#{index}", line) for index, line in calls]
-        self._bar.update(self._task, completed=done + failed, total=total, counts=text)
+        self._bar.update(self._task, completed=done + failed + cached, total=total, counts=text)
 
     def close(self) -> None:
         last = self._last

@@ -162,8 +162,7 @@ _SCALARS = frozenset({int, float, str, bool, type(None)})
 def _unpicklable_argument(
     fn: Callable[..., Any], index: int, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
 ) -> SerializationError:
-    names = _parameter_names(fn, len(args))
-    for label, value in _labelled(args, kwargs, names):
+    for label, value in labelled_arguments(fn, args, kwargs):
         try:
             dumps(value)
         except Exception as inner:
@@ -176,9 +175,12 @@ def _unpicklable_argument(
     return SerializationError(f"the arguments of call #{index} to {_qualname(fn)} cannot be pickled: {exc}")
 
 
-def _labelled(
-    args: tuple[Any, ...], kwargs: dict[str, Any], names: list[str | None]
+def labelled_arguments(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Iterator[tuple[str, Any]]:
+    """Each argument of a call with the words that name it in an error: `argument 'lr' (position 0)`,
+    `keyword argument 'steps'`."""
+    names = _parameter_names(fn, len(args))
     for position, value in enumerate(args):
         name = names[position]
         yield (f"argument {name!r} (position {position})" if name else f"argument {position}"), value

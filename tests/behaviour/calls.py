@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+import uuid
 from pathlib import Path
 
 
@@ -296,3 +297,30 @@ def bad_report() -> None:
     import mini
 
     mini.report(loss=[0.1, 0.2])
+
+
+# ----- the result cache: each execution leaves a file, so a test counts them ------------------------
+
+
+def tally(x: int, folder: str) -> int:
+    """Leaves a file for each execution (`ran-X-...`), so a test counts how often each input ran."""
+    Path(folder, f"ran-{x}-{os.getpid()}-{uuid.uuid4().hex}").touch()
+    return x * x
+
+
+def tally_or_block(x: int, folder: str, quick: int) -> int:
+    """`tally`; inputs from `quick` on then block until `folder/release` exists."""
+    tally(x, folder)
+    if x >= quick:
+        wait_for(os.path.join(folder, "release"))
+    return x * x
+
+
+def tally_failing_once(x: int, folder: str, bad: int) -> int:
+    """`tally`; input `bad` fails the first time it runs (a marker file remembers), then succeeds."""
+    tally(x, folder)
+    marker = Path(folder, f"failed-{x}")
+    if x == bad and not marker.exists():
+        marker.touch()
+        raise ValueError(f"input {x} fails once")
+    return x * x
