@@ -44,7 +44,7 @@ class Unhashable(Exception):
     def __init__(self, value: Any, reason: str = "") -> None:
         super().__init__(type(value).__name__)
         self.value = value
-        self.reason = reason or f"a {_type_name(value)} has no canonical hash"
+        self.reason = reason or f"{_type_name(value)} values have no canonical hash"
         self.path = ""
 
     def inside(self, step: str) -> Unhashable:
@@ -224,7 +224,7 @@ class _Guard:
         self._active = active
         self._id = id(value)
         if self._id in active:
-            raise Unhashable(value, f"a {_type_name(value)} that contains itself has no canonical hash")
+            raise Unhashable(value, f"a {_type_name(value)} that contains itself cannot be hashed")
 
     def __enter__(self) -> None:
         self._active.add(self._id)

@@ -16,6 +16,7 @@ _MODULES = {
     "image": "mini.image.report",
     "doctor": "mini.cli.doctor",
     "auth": "mini.cli.auth",
+    "cache": "mini.cli.cache",
     **dict.fromkeys(("ls", "status", "results", "logs", "cancel", "watch"), "mini.cli.runs"),
 }
 
