@@ -91,7 +91,9 @@ def test_equal_values_hash_alike_whatever_their_order_or_identity():
     array = np.arange(12, dtype=np.float32).reshape(3, 4)
     assert argument_digest(array) == argument_digest(array.copy())
     assert argument_digest(array.T) == argument_digest(np.ascontiguousarray(array.T)), "a strided view"
-    assert argument_digest({"x": array, "c": Colour.RED}) == argument_digest({"c": Colour.RED, "x": array + 0})
+    assert argument_digest({"x": array, "c": Colour.RED}) == argument_digest(
+        {"c": Colour.RED, "x": array + 0}
+    )
     assert argument_digest(10**5000) == argument_digest(10**5000)
 
 
@@ -142,8 +144,12 @@ def _recursive() -> Callable[[int], int]:
 def test_a_function_is_keyed_by_its_code_defaults_and_closure():
     assert function_identity(_offset(1)) == function_identity(_offset(1))
     assert function_identity(_offset(1)) != function_identity(_offset(2)), "closures differ by their values"
-    assert function_identity(functools.partial(calls.add, 1)) != function_identity(functools.partial(calls.add, 2))
-    assert function_identity(_recursive()) == function_identity(_recursive()), "a function closing over itself"
+    assert function_identity(functools.partial(calls.add, 1)) != function_identity(
+        functools.partial(calls.add, 2)
+    )
+    assert function_identity(_recursive()) == function_identity(_recursive()), (
+        "a function closing over itself"
+    )
 
 
 def _compiled(source: str) -> Callable[..., Any]:
@@ -289,7 +295,9 @@ def test_two_processes_running_the_same_cached_sweep(app, project, folder):
     assert info.entries == 30 and info.unreadable_segments == 0
     before = executions(folder)
     cached = app.w(cache="together")
-    assert list(cached.map(calls.tally_after_everyone, range(30), [str(folder)] * 30)) == [x * x for x in range(30)]
+    assert list(cached.map(calls.tally_after_everyone, range(30), [str(folder)] * 30)) == [
+        x * x for x in range(30)
+    ]
     assert executions(folder) == before, "every entry of either process reads back"
 
 

@@ -30,6 +30,7 @@ def values(batch: list[tuple[bool, Any]], return_exceptions: bool) -> Iterator[A
             raise value
         yield value
 
+
 # Calls settled from the cache and not yet consumed, at most, before a dispatch is open to say its capacity.
 _CACHED_WINDOW = 1024
 

@@ -88,7 +88,9 @@ def test_an_interrupted_map_reruns_only_the_rest(cached, tmp_path, how):
     before = executions(tmp_path)
 
     (tmp_path / "release").touch()
-    assert list(cached.map(calls.tally_or_block, range(7), [folder] * 7, [3] * 7)) == [x * x for x in range(7)]
+    assert list(cached.map(calls.tally_or_block, range(7), [folder] * 7, [3] * 7)) == [
+        x * x for x in range(7)
+    ]
     rerun = executions(tmp_path) - before
     assert rerun == Counter(range(3, 7)), "the rerun should run exactly the calls that had not finished"
 
@@ -143,7 +145,9 @@ def test_editing_the_function_body_re_executes(cached, tmp_path):
 
 def test_a_failure_is_not_kept_and_re_executes(cached, tmp_path):
     folder = str(tmp_path)
-    first = list(cached.map(calls.tally_failing_once, range(4), [folder] * 4, [2] * 4, return_exceptions=True))
+    first = list(
+        cached.map(calls.tally_failing_once, range(4), [folder] * 4, [2] * 4, return_exceptions=True)
+    )
     assert first[:2] == [0, 1] and isinstance(first[2], ValueError) and first[3] == 9
     assert list(cached.map(calls.tally_failing_once, range(4), [folder] * 4, [2] * 4)) == [0, 1, 4, 9]
     assert executions(tmp_path) == Counter({0: 1, 1: 1, 2: 2, 3: 1}), "only the failed call ran again"

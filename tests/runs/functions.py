@@ -59,3 +59,19 @@ async def async_square(x: int) -> int:
 
 def count_to(n: int):
     yield from range(n)
+
+
+def until_fixed(how: str, folder: str) -> str:
+    """Leaves a file for each execution; until `folder/fixed` exists, `how` says what goes wrong: "raise" an
+    error, "exit" (its process or container vanishes), "block" (until cancelled); "ok" never fails."""
+    import uuid
+
+    Path(folder, f"ran-{how}-{uuid.uuid4().hex}").touch()
+    if how == "ok" or Path(folder, "fixed").exists():
+        return how
+    if how == "raise":
+        raise ValueError("not fixed yet")
+    if how == "exit":
+        os._exit(3)
+    _wait_for(Path(folder, "fixed"))
+    return how

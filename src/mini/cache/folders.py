@@ -37,8 +37,8 @@ def check_name(name: str) -> str:
     """`name` if it can name a cache folder, else `OptionError`."""
     if not isinstance(name, str) or not NAME.match(name):
         raise OptionError(
-            f"cache name {name!r} must be 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or "
-            "digit (it names a folder under .mini/cache/), e.g. cache='spirals-v1'."
+            f"cache name {name!r} must be 1 to 100 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit (it names a folder under .mini/cache/), e.g. cache='spirals-v1'."
         )
     return name
 
@@ -67,7 +67,9 @@ def list_caches(project_root: Path | None = None) -> list[CacheInfo]:
     parent = caches_dir(project_root)
     if not parent.is_dir():
         return []
-    return [_info(folder) for folder in sorted(parent.iterdir()) if folder.is_dir() and NAME.match(folder.name)]
+    return [
+        _info(folder) for folder in sorted(parent.iterdir()) if folder.is_dir() and NAME.match(folder.name)
+    ]
 
 
 def clear_cache(name: str, project_root: Path | None = None) -> CacheInfo | None:

@@ -302,7 +302,9 @@ def _identity(fn: Any, active: set[int]) -> bytes:
 
 
 def _unhashable_part(fn: Any, what: str, error: Exception) -> OptionError:
-    held = f" ({error.reason}, at {what}{error.path})" if isinstance(error, Unhashable) else " (nested too deep)"
+    held = (
+        f" ({error.reason}, at {what}{error.path})" if isinstance(error, Unhashable) else " (nested too deep)"
+    )
     return OptionError(
         f"the cache cannot key calls to {_name(fn)}: {what} cannot be hashed{held}. A cached call is keyed "
         "by the function's code, its defaults and the values it closes over: make that value plain data "

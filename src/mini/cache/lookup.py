@@ -57,13 +57,15 @@ class MapCache:
         except Unhashable as error:
             raise self._unhashable(-1, (), kwargs, error) from None
         self._pending: dict[int, bytes] = {}  # calls dispatched and not kept yet: their keys
-        self._kept: list[bytes] = []  # keys of the outcomes queued for the next flush, then their sizes
+        # What the next flush writes: keys and pickle sizes of the outcomes kept, (position, count) of those
+        # with buffers and the buffers' sizes, then the data (small pieces are joined when the next large one
+        # comes, or at the flush).
+        self._kept: list[bytes] = []
         self._sizes: list[int] = []
-        self._counts: list[int] = []
+        self._buffered: list[tuple[int, int]] = []
         self._buffer_sizes: list[int] = []
         self._data: list[Any] = []
         self._small: list[bytes] = []
-        self._size = 0
         self.hits = 0
 
     def look_up(self, index: int, args: tuple[Any, ...], encoder: ArgumentEncoder) -> tuple[bool, Any]:
@@ -101,7 +103,7 @@ class MapCache:
     def keep(self, outcomes: Sequence[Outcome]) -> None:
         """Queue the successes among `outcomes` for the next `flush`: their pickles and buffers, as they came
         from the backend. Failures are not kept, so the next run tries them again."""
-        pending, kept, sizes, counts, small = self._pending, self._kept, self._sizes, self._counts, self._small
+        pending, kept, sizes, small = self._pending, self._kept, self._sizes, self._small
         for outcome in outcomes:
             if not outcome.ok:
                 continue  # its key stays pending: a retry may still succeed
@@ -112,22 +114,20 @@ class MapCache:
             size = len(data)
             kept.append(key)
             sizes.append(size)
-            buffers = outcome.buffers
-            if buffers:
-                lengths = [memoryview(buffer).nbytes for buffer in buffers]
-                counts.append(len(lengths))
-                self._buffer_sizes.extend(lengths)
-                self._piece(data, size)
-                for buffer, length in zip(buffers, lengths, strict=True):
-                    self._piece(buffer, length)
-                self._size += size + sum(lengths)
+            if outcome.buffers:
+                self._keep_buffers(data, size, outcome.buffers)
+            elif size < _SMALL:
+                small.append(data)
             else:
-                counts.append(0)
-                if size < _SMALL:
-                    small.append(data)
-                else:
-                    self._piece(data, size)
-                self._size += size
+                self._piece(data, size)
+
+    def _keep_buffers(self, data: bytes, size: int, buffers: Sequence[Any]) -> None:
+        lengths = [memoryview(buffer).nbytes for buffer in buffers]
+        self._buffered.append((len(self._kept) - 1, len(lengths)))
+        self._buffer_sizes.extend(lengths)
+        self._piece(data, size)
+        for buffer, length in zip(buffers, lengths, strict=True):
+            self._piece(buffer, length)
 
     def _piece(self, piece: Any, size: int) -> None:
         if size < _SMALL:
@@ -144,10 +144,14 @@ class MapCache:
             return
         if self._small:
             self._data.append(b"".join(self._small))
-        headers = frame_headers(self._kept, self._sizes, self._counts, self._buffer_sizes)
-        count, data, size = len(self._kept), self._data, self._size
-        self._kept, self._sizes, self._counts, self._buffer_sizes = [], [], [], []
-        self._data, self._small, self._size = [], [], 0
+        counts = [0] * len(self._kept)
+        for position, count in self._buffered:
+            counts[position] = count
+        headers = frame_headers(self._kept, self._sizes, counts, self._buffer_sizes)
+        size = sum(self._sizes) + sum(self._buffer_sizes)
+        count, data = len(self._kept), self._data
+        self._kept, self._sizes, self._buffered, self._buffer_sizes = [], [], [], []
+        self._data, self._small = [], []
         self._store.write(self._scope, count, headers, data, size)
 
     def close(self) -> None:

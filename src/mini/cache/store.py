@@ -295,8 +295,10 @@ class Store:
             self._writer.close()
             self._writer = None
         if self.write_failed is None:
-            print(f"mini: cannot write to the cache in {self.folder} ({error}); results are not kept.",
-                  file=sys.stderr)
+            print(
+                f"mini: cannot write to the cache in {self.folder} ({error}); results are not kept.",
+                file=sys.stderr,
+            )
         self.write_failed = error
 
     def touch(self) -> None:

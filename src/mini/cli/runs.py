@@ -1,4 +1,4 @@
-"""`mini ls|status|results|logs|cancel|watch`: questions about detached runs, and `mini run --detach`.
+"""`mini ls|status|results|logs|cancel|retry|watch`: questions about detached runs, and `mini run --detach`.
 
 Every verb here reads the run registry of the project (`bin/mini`'s, `--project DIR`, or the working
 directory's). The read-only ones load no backend and build nothing: they read files (and, for a remote
@@ -46,12 +46,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     cancel = subparsers.add_parser("cancel", help="stop a run's calls that have not finished")
     cancel.add_argument("run", metavar="RUN", help="a run id, or RUN/INDEX for one call")
 
+    retry = subparsers.add_parser(
+        "retry",
+        help="launch a settled run's failed, cancelled and lost calls again, on its own backend and options",
+    )
+    retry.add_argument("run", metavar="RUN", help="a run id or a unique prefix")
+
     watch = subparsers.add_parser(
         "watch", help="follow a run until it settles; exit code 0 only if every call succeeded"
     )
     watch.add_argument("run", metavar="RUN", help="a run id or a unique prefix")
 
-    for parser in (ls, status, results, logs, cancel):
+    for parser in (ls, status, results, logs, cancel, retry):
         parser.set_defaults(handler=run)
     return watch
 
@@ -119,10 +125,12 @@ def _status(args: argparse.Namespace) -> int:
     print(f"  launched {_when(record.created)} from {git}")
     if record.image_hash:
         print(f"  image {record.image_hash}")
+    retried = any(call.attempt > 1 for call in record.calls)
     rows = [
         [
             str(call.index),
             state.status,
+            *([str(call.attempt)] if retried else []),
             _duration(state),
             _cut(call.args),
             the_run[call.index].backend_id or "",
@@ -131,7 +139,8 @@ def _status(args: argparse.Namespace) -> int:
         for call, state in zip(record.calls, states, strict=True)
     ]
     if rows:
-        print(render_table(["#", "STATUS", "TIME", "ARGS", "ID", "DETAIL"], rows, indent=2))
+        header = ["#", "STATUS", *(["ATTEMPT"] if retried else []), "TIME", "ARGS", "ID", "DETAIL"]
+        print(render_table(header, rows, indent=2))
     for call in record.calls:
         inner = read_inner_calls(the_run.folder, call.index)
         if inner is not None:
@@ -213,6 +222,20 @@ def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retry(args: argparse.Namespace) -> int:
+    the_run = _open_run(args.run)
+    jobs = the_run.retry()
+    if not jobs:
+        print(f"run {the_run.id}: nothing to retry; every call finished.")
+        return 0
+    named = ", ".join(f"#{job.index}" for job in jobs[:20]) + (" ..." if len(jobs) > 20 else "")
+    print(
+        f"run {the_run.id}: launched {len(jobs)} call(s) again on {the_run.record.backend} ({named}). "
+        f"Follow them with `mini watch {the_run.id}`, then `mini results {the_run.id}`."
+    )
+    return 0
+
+
 def _watch(args: argparse.Namespace) -> int:
     the_run = _open_run(args.run)
     try:
@@ -263,6 +286,7 @@ _HANDLERS = {
     "results": _results,
     "logs": _logs,
     "cancel": _cancel,
+    "retry": _retry,
     "watch": _watch,
 }
 

@@ -69,6 +69,9 @@ class ModalLauncher(Launcher):
             "max_containers": options.max_containers or DEFAULT_MAX_CONTAINERS,
         }
 
+    def relaunch(self) -> tuple[dict[str, Any], Options]:
+        return {}, self._options
+
     def image_hash(self) -> str | None:
         if self._options.image is not None:
             return None  # the user's own image: the spec's hash would not describe it

@@ -1,6 +1,7 @@
-"""A local run's scheduler: `python -m mini.runs._schedule RUN_FOLDER WORKERS TIMEOUT RETRIES`.
+"""A local run's scheduler: `python -m mini.runs._schedule RUN_FOLDER WORKERS TIMEOUT RETRIES INDICES`.
 
-It leads its own session, so it outlives the launcher, and starts each call of the run as
+It leads its own session, so it outlives the launcher, and starts each call named in INDICES (comma-separated:
+every call of a new run, or those `mini retry` launches again) as
 `python -m mini.runs._call` in a session of its own, keeping at most WORKERS running. It records each
 call's process as it starts it and reaps the calls as they end, then exits. Calls it has started do not
 depend on it; calls it had not started yet are reported failed if it dies (see `LocalMonitor`).
@@ -35,7 +36,7 @@ def _start(folder: RunFolder, index: int, timeout: str, retries: str) -> int:
 
 def main(argv: list[str]) -> int:
     folder, workers, timeout, retries = RunFolder(Path(argv[0])), int(argv[1]), argv[2], argv[3]
-    queue = deque(sorted(int(p.name) for p in (folder.path / "calls").iterdir()))
+    queue = deque(int(index) for index in argv[4].split(",") if index)
     running: set[int] = set()
     while queue or running:
         while queue and len(running) < workers:

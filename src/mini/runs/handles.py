@@ -53,6 +53,10 @@ class Run(Generic[R]):
             self._record = self.folder.record()  # the launcher fills in backend ids once all are taken
         return self._record
 
+    def refresh(self) -> None:
+        """Read the record again at the next question (another process may have retried calls)."""
+        self._record = None
+
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.record.function} ×{len(self)}>"
 
@@ -128,6 +132,20 @@ class Run(Generic[R]):
         """Cancel every call that has not settled; returns how many were cancelled."""
         return sum(job.cancel() for job in self)
 
+    def retry(self) -> list[Job[R]]:
+        """Launch again, on the run's own backend and options, every call that failed, was cancelled or was
+        lost (its process or container vanished), with its original arguments; finished calls are left
+        alone. Returns the calls launched again (none if every call succeeded). Needs every call settled.
+
+        >>> run = Run.open("20261123-1701")
+        >>> [job.index for job in run.retry()]       # `mini retry 20261123-1701` from a shell
+        [3, 7]
+        >>> run.results()                            # each call's latest attempt
+        """
+        from mini.runs.retry import retry_calls
+
+        return [Job(self, index) for index in retry_calls(self)]
+
 
 class Job(Generic[R]):
     """One detached call, like a `concurrent.futures.Future` that survives the process that made it.
@@ -161,6 +179,11 @@ class Job(Generic[R]):
     @property
     def record(self) -> CallRecord:
         return self.run.record.calls[self.index]
+
+    @property
+    def attempt(self) -> int:
+        """How many times this call has been launched: 1, plus one per retry that included it."""
+        return self.record.attempt
 
     @property
     def backend_id(self) -> str | None:

@@ -17,7 +17,7 @@ from mini._maprun import check_runnable
 from mini.runs.handles import Run
 from mini.runs.process_identity import identify
 from mini.runs.provenance import function_name, git_state, summarise_arguments
-from mini.runs.registry import CallRecord, RunRecord, new_run_folder, note_launch
+from mini.runs.registry import CallRecord, RunFolder, RunRecord, new_run_folder, note_launch
 
 if TYPE_CHECKING:
     from mini.runs.launcher import Launcher
@@ -62,6 +62,7 @@ def launch(
     folder = new_run_folder(root)
     # Plain writes: nothing reads these files before the record below exists, and they never change.
     (folder.path / "function.pkl").write_bytes(fn_blob)
+    relaunch = _record_relaunch(launcher, folder)
     for call in calls:
         folder.call_dir(call.index).mkdir()
         (folder.call_dir(call.index) / "payload.pkl").write_bytes(call.payload)
@@ -80,6 +81,7 @@ def launch(
         calls=tuple(CallRecord(i, summarise_arguments(fn, args, shared)) for i, args in enumerate(inputs)),
         settings=dict(settings) if settings is not None else launcher.settings(),
         launcher=identify(os.getpid()),
+        relaunch=relaunch,
     )
     folder.write_record(record)
     note_launch(folder.id, root)
@@ -93,3 +95,22 @@ def launch(
     record = dataclasses.replace(record, calls=tuple(with_ids), launched=time.time())
     folder.write_record(record)
     return Run(folder, record)
+
+
+def _record_relaunch(launcher: Launcher, folder: RunFolder) -> dict[str, Any]:
+    """What `mini retry` needs to launch calls of this run again: the backend and its settings in the record,
+    the options beside it (pickled: they may hold objects, such as a Modal image). Empty if the launcher
+    cannot be made again or its options cannot be pickled; the retry then says so."""
+    recipe = launcher.relaunch()
+    if recipe is None:
+        return {}
+    settings, options = recipe
+    from mini.options import Options
+    from mini.serialization import dumps
+
+    try:
+        blob = dumps(Options(**options.where_calls_run()))  # the caller's own options play no part
+    except Exception as error:  # e.g. a secret object that cannot be pickled
+        return {"backend": launcher.backend, "settings": settings, "options_error": str(error)}
+    (folder.path / "options.pkl").write_bytes(blob)
+    return {"backend": launcher.backend, "settings": settings}

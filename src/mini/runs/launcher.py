@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
+    from mini.options import Options
     from mini.runs.handles import Run
     from mini.runs.registry import RunFolder
     from mini.serialization import Call
@@ -48,6 +49,12 @@ class Launcher(ABC):
     def settings(self) -> dict[str, Any]:
         """What to record about how the calls run (workers, GPU, ...): JSON-serialisable."""
         return {}
+
+    def relaunch(self) -> tuple[dict[str, Any], Options] | None:
+        """How to make this launcher again in another process, for `mini retry`: the keyword arguments of
+        the backend's apparatus (`mini.backends.make(self.backend, name, **settings)`, JSON-serialisable)
+        and the options the calls run under. None: its runs cannot be retried."""
+        return None
 
     def start(
         self,

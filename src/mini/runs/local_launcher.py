@@ -53,6 +53,9 @@ class LocalLauncher(Launcher):
         timeout, retries = self._options.timeout, self._options.retries
         return {"workers": self._workers, "mode": self._mode, "timeout": timeout, "retries": retries}
 
+    def relaunch(self) -> tuple[dict[str, Any], Options]:
+        return {"workers": self._workers, "mode": self._mode}, self._options
+
     def launch(self, run: RunFolder, fn_blob: bytes, calls: Sequence[Call]) -> list[str | None]:
         _children[:] = [child for child in _children if child.poll() is None]
         env = self._command.environment()
@@ -62,7 +65,7 @@ class LocalLauncher(Launcher):
         with (run.path / "scheduler.log").open("ab") as log:
             scheduler = subprocess.Popen(
                 [self._command.python, "-m", "mini.runs._schedule", str(run.path), str(self._workers)]
-                + [timeout, str(self._options.retries or 0)],
+                + [timeout, str(self._options.retries or 0), ",".join(str(call.index) for call in calls)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

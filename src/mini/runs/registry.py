@@ -2,7 +2,9 @@
 
     .mini/runs/<run id>/run.json                 the record (backend, function, git, calls and their ids)
     .mini/runs/<run id>/function.pkl             the pickled function, shared by the run's calls
+    .mini/runs/<run id>/options.pkl              the options the calls ran under (to launch them again)
     .mini/runs/<run id>/calls/<index>/...        per call: payload, outcome, markers, log
+    .mini/runs/<run id>/calls/<index>/attempts/<n>/  what an earlier attempt left (see `mini retry`)
 
 Every file is written whole (write-then-rename), so a reader sees the previous version or the next one and
 a crash never leaves half a record. Run ids are claimed with an exclusive `mkdir`, so concurrent launches
@@ -40,6 +42,7 @@ class CallRecord:
     index: int
     args: str
     backend_id: str | None = None
+    attempt: int = 1  # launches of this call so far: 1, then one more per `mini retry` that included it
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class RunRecord:
     settings: dict[str, Any] = field(default_factory=dict)
     launcher: dict[str, Any] = field(default_factory=dict)  # the launching process, for liveness checks
     launched: float | None = None  # set once the backend has taken every call
+    # How to make the launcher again (`mini retry`): {"backend": "local", "settings": {"workers": 2, ...}}
+    relaunch: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, **asdict(self)}
@@ -156,6 +161,20 @@ class RunFolder:
         summary = self.outcome_summary(index)
         assert summary is not None, "load_outcome needs a settled call"
         return Outcome(index, bool(summary["ok"]), (self.call_dir(index) / "outcome.pkl").read_bytes())
+
+    def archive_attempt(self, index: int) -> int:
+        """Move what the call's last attempt left (outcome, markers, log, backend ids) to
+        `attempts/<n>/`, so that the call starts again from its payload alone; returns n."""
+        folder = self.call_dir(index)
+        attempts = folder / "attempts"
+        attempts.mkdir(exist_ok=True)
+        number = 1 + sum(1 for _ in attempts.iterdir())
+        target = attempts / str(number)
+        target.mkdir()
+        for item in folder.iterdir():
+            if item.name not in ("payload.pkl", "attempts"):
+                os.replace(item, target / item.name)
+        return number
 
     def mark_cancelled(self, index: int) -> None:
         self.write_call_file(index, "cancelled.json", json.dumps({"cancelled": time.time()}).encode())
