@@ -15,7 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import closures, execution_models, image_spec, memory, modal_overhead, report, volumes, workloads
+from bench import (
+    cache,
+    closures,
+    execution_models,
+    image_spec,
+    memory,
+    modal_overhead,
+    report,
+    volumes,
+    workloads,
+)
 from bench.workloads import FULL, QUICK, Sizes
 
 # Each section returns a JSON-ready dict that lands in results.json under its name; a section
@@ -28,6 +38,7 @@ SECTIONS: list[tuple[str, Callable[[Sizes], dict[str, Any]]]] = [
     ("modal", modal_overhead.run),
     ("volumes", volumes.run),
     ("execution_models", execution_models.run),
+    ("cache", cache.run),
 ]
 
 

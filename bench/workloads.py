@@ -32,10 +32,11 @@ class Sizes:
     array_rounds: int = 5
     memory_inputs: int = 1_000_000
     memory_checkpoint: int = 10_000
+    cache_rounds: int = 7
 
 
 FULL = Sizes()
-QUICK = Sizes(1, 5, 200, 1, 4, 0.005, 1, 1_000_000, 1, 20_000, 2_000)
+QUICK = Sizes(1, 5, 200, 1, 4, 0.005, 1, 1_000_000, 1, 20_000, 2_000, 1)
 
 
 def run(sizes: Sizes) -> dict[str, Any]:

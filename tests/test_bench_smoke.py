@@ -68,3 +68,19 @@ def test_quick_execution_models_run_answers_every_input_and_sections_run_alone_a
     assert set(results["meta"]["sections"]) == {"execution_models", "image_spec"}
     table = (tmp_path / "results.md").read_text()
     assert "## Execution models" in table and "| image_spec |" in table
+
+
+def test_quick_cache_run_reports_both_figures_and_judges_them(tmp_path: Path) -> None:
+    results = main(["--quick", "--only", "cache", "--out", str(tmp_path)])
+    cached = results["cache"]
+    assert cached["cached_items_per_s"] > 0 and cached["miss_ratio"] > 0 and cached["load"]
+    judged = {row["target"].split(" ")[0] for row in results["targets"]}
+    assert judged == {"(cache)"}
+    assert "## Result cache (process mode, 2 workers)" in (tmp_path / "results.md").read_text()
+
+
+def test_cache_targets_judge_met_and_missed() -> None:
+    cached = {"cached_items_per_s": 30_000.0, "miss_ratio": 1.21, "items": 10_000}
+    verdicts = {row["target"]: (row["met"], round(row["factor"], 2)) for row in targets({"cache": cached})}
+    assert verdicts["(cache) fully cached map of 10,000 trivial calls"] == (True, 1.5)
+    assert verdicts["(cache) a miss on a process-mode map of 10,000 trivial calls"] == (False, 0.91)

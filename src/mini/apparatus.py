@@ -60,7 +60,8 @@ class Apparatus:
         >>> gpu = ModalApparatus("exp").w(gpu="A100")
 
         Known options: gpu, cpu, memory, timeout, retries, env, secrets, volumes, image, max_containers,
-        region, startup_timeout, progress. An unknown name raises `OptionError`.
+        region, startup_timeout, progress, cache (`cache="spirals-v1"`: calls found in the result cache are
+        not run again). An unknown name raises `OptionError`.
         """
         variant = copy.copy(self)
         variant.options = self.options.merged(options)

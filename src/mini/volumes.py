@@ -224,6 +224,11 @@ class Volume:
         return f"Volume({self.name!r}, backend={self._store.backend!r})"
 
     @property
+    def backend(self) -> str:
+        """The kind of backend whose storage holds the volume (`"local"`, `"modal"`)."""
+        return self._store.backend
+
+    @property
     def path(self) -> Path:
         """The volume's folder where this code runs: inside a call of its apparatus, where that call sees
         it (on Modal, where mini mounts it); outside a call, its local folder (local backends only).
