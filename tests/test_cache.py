@@ -244,14 +244,25 @@ def test_a_fully_cached_map_never_opens_a_dispatch(app, folder):
     assert Unreachable.opened == 1
 
 
+def test_a_fully_cached_map_on_modal_needs_no_modal(app, folder, monkeypatch):
+    from mini import ModalApparatus
+
+    assert list(app.w(cache="no-network").map(calls.tally, range(3), [str(folder)] * 3)) == [0, 1, 4]
+    monkeypatch.setenv("MODAL_SERVER_URL", "http://127.0.0.1:9")  # nothing listens there
+    with ModalApparatus("no-network").w(cache="no-network", gpu="A100") as offline:
+        assert list(offline.map(calls.tally, range(3), [str(folder)] * 3)) == [0, 1, 4]
+    assert executions(folder) == Counter(range(3))
+
+
 def test_a_cache_folder_deleted_mid_sweep_is_recreated(app, project, folder):
     cached = app.w(cache="deleted")
     results = cached.map(calls.tally_or_block, range(4), [str(folder)] * 4, [1] * 4)
     assert next(results) == 0  # kept as it arrived
-    shutil.rmtree(project / ".mini" / "cache")
+    shutil.rmtree(project / ".mini")
     (folder / "release").touch()
     assert list(results) == [1, 4, 9]  # kept in a new segment, in a folder made again
     assert cache_dir(project, "deleted").is_dir()
+    assert (project / ".mini" / ".gitignore").read_text() == "*\n", "the state folder ignores itself again"
     before = executions(folder)
     assert list(cached.map(calls.tally_or_block, range(4), [str(folder)] * 4, [1] * 4)) == [0, 1, 4, 9]
     assert executions(folder) - before == Counter({0: 1}), "only the call kept before the deletion is lost"

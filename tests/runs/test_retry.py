@@ -82,7 +82,7 @@ EXPERIMENT = textwrap.dedent(
     def main(app):
         if not Path(os.environ["FIXED"]).exists():
             raise RuntimeError("not fixed yet")
-        return list(app.map(square, range(3)))
+        return list(app.w(cache="experiment").map(square, range(3)))
     """
 )
 
@@ -106,3 +106,10 @@ def test_mini_retry_runs_a_failed_detached_experiment_again(project, tmp_path):
     status = mini("status", run_id).stdout.splitlines()
     header = next(number for number, line in enumerate(status) if "STATUS" in line)
     assert status[header + 2].replace("│", " ").split()[:3] == ["0", "done", "2"]
+    assert "main(app) made 3 calls (done 3 · running 0 · queued 0 · failed 0) in 1 map" in status[-1]
+
+    again = mini("run", "exp.py", "--detach").stdout.strip()  # a new run: its calls are all in the cache
+    assert mini("watch", again).returncode == 0
+    assert json.loads(mini("results", again, "--json").stdout) == [0, 1, 4]
+    expected = "main(app) made 3 calls (done 0 · running 0 · queued 0 · failed 0 · cached 3) in 1 map"
+    assert expected in mini("status", again).stdout

@@ -54,8 +54,9 @@ def caches_dir(project_root: Path | None = None, create: bool = False) -> Path:
     return state_path(project_root or find_project_root(), "cache", create=create)
 
 
-def cache_folder(name: str, project_root: Path | None = None) -> Path:
-    return caches_dir(project_root) / check_name(name)
+def cache_folder(name: str, project_root: Path | None = None, create: bool = False) -> Path:
+    """`<project>/.mini/cache/NAME`; with `create`, made (with `.mini/` ignoring itself in git)."""
+    return state_path(project_root or find_project_root(), "cache", check_name(name), create=create)
 
 
 def list_caches(project_root: Path | None = None) -> list[CacheInfo]:

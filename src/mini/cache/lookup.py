@@ -18,6 +18,7 @@ from mini.cache.keys import Unhashable, argument_digest, function_scope
 from mini.cache.store import Store, frame_headers, store_for
 from mini.errors import ArgumentError
 from mini.options import Options
+from mini.project import find_project_root
 from mini.serialization import PROTOCOL, ArgumentEncoder, Call, Outcome, labelled_arguments, loads
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})
@@ -37,7 +38,8 @@ def open_map_cache(
         return None
     name = check_name(setting) if isinstance(setting, str) else default_name(apparatus)
     scope = function_scope(name, fn, options.env)
-    store = store_for(cache_folder(name))
+    root = find_project_root()
+    store = store_for(cache_folder(name, root), lambda: cache_folder(name, root, create=True))
     store.refresh()
     return MapCache(store, scope, fn, dict(kwargs))
 

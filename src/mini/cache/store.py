@@ -25,7 +25,7 @@ import struct
 import sys
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,10 +150,10 @@ def _unarray(code: str, view: memoryview, position: int, count: int) -> tuple[ar
 
 
 class _Writer:
-    """This process's own segment of one cache, created on its first write."""
+    """This process's own segment of one cache, created on its first write (and `make_folder` first)."""
 
-    def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+    def __init__(self, folder: Path, make_folder: Callable[[], object]) -> None:
+        make_folder()
         while True:
             path = folder / f"{os.getpid()}-{secrets.token_hex(4)}{_SUFFIX}"
             try:
@@ -202,8 +202,9 @@ class Store:
     >>> store.refresh(); table = store.table(scope)
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, make_folder: Callable[[], object] | None = None) -> None:
         self.folder = folder
+        self._make_folder = make_folder or (lambda: folder.mkdir(parents=True, exist_ok=True))
         self._lock = threading.Lock()
         self._tables: dict[bytes, dict[bytes, Entry]] = {}
         self._segments: dict[str, _Segment] = {}
@@ -283,7 +284,7 @@ class Store:
                 if writer is None or writer.gone():  # first write, or the folder was deleted: a new one
                     if writer is not None:
                         writer.close()
-                    writer = self._writer = _Writer(self.folder)
+                    writer = self._writer = _Writer(self.folder, self._make_folder)
                 writer.write([frame, headers, *data], _FRAME.size + len(headers) + size)
             except OSError as error:
                 self._abandon_writer(error)
@@ -348,12 +349,13 @@ _stores: dict[Path, Store] = {}
 _stores_lock = threading.Lock()
 
 
-def store_for(folder: Path) -> Store:
-    """This process's `Store` of `folder`, shared by every map that uses it."""
+def store_for(folder: Path, make_folder: Callable[[], object] | None = None) -> Store:
+    """This process's `Store` of `folder`, shared by every map that uses it; `make_folder` creates the
+    folder when a write finds it missing (by default, `mkdir`)."""
     with _stores_lock:
         store = _stores.get(folder)
         if store is None:
-            store = _stores[folder] = Store(folder)
+            store = _stores[folder] = Store(folder, make_folder)
         return store
 
 

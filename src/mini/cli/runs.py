@@ -257,7 +257,7 @@ def _watch_live(the_run: Run[Any]) -> list[CallState]:
             if the_run.record.kind == "experiment":
                 inner = read_inner_calls(the_run.folder, 0)
                 total = inner.made if inner is not None else None
-                completed = inner.done + inner.failed + inner.cancelled if inner is not None else 0
+                completed = inner.made - inner.queued - inner.running if inner is not None else 0
             text = f"{run_status(states)} · {_counts_text(the_run, states)}"
             show(completed, total, text)
             if settled == len(states):

@@ -40,10 +40,11 @@ class InnerCalls:
     done: int = 0
     failed: int = 0
     cancelled: int = 0
+    cached: int = 0  # answered from the result cache, never run
 
     @property
     def made(self) -> int:
-        return self.queued + self.running + self.done + self.failed + self.cancelled
+        return self.queued + self.running + self.done + self.failed + self.cancelled + self.cached
 
     def __str__(self) -> str:
         """`12 calls (done 10 · running 2 · queued 0 · failed 0) in 3 maps, 1 under way`."""
@@ -51,6 +52,8 @@ class InnerCalls:
         counts = " · ".join(f"{state} {getattr(self, state)}" for state in states if state != "cancelled")
         if self.cancelled:
             counts += f" · cancelled {self.cancelled}"
+        if self.cached:
+            counts += f" · cached {self.cached}"
         under_way = f", {self.active} under way" if self.active else ""
         return f"{self.made} calls ({counts}) in {self.maps} map{'s' * (self.maps != 1)}{under_way}"
 
@@ -105,6 +108,7 @@ def _plus(calls: InnerCalls, counts: Counts) -> InnerCalls:
         done=calls.done + counts.done,
         failed=calls.failed + counts.failed,
         cancelled=calls.cancelled + counts.cancelled,
+        cached=calls.cached + counts.cached,
     )
 
 
