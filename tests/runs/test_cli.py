@@ -181,6 +181,7 @@ def test_the_calls_an_experiment_makes_show_under_its_run_as_they_go(experiment,
         return json.loads(mini("status", run_id, "--json", cwd=project).stdout)
 
     first_map = {"maps": 1, "active": 0, "queued": 0, "running": 0, "done": 4, "failed": 0, "cancelled": 0}
+    first_map["cached"] = 0
     wait_until(lambda: status()["calls"][0]["inner_calls"] == {**first_map, "made": 4}, what="the first map")
     assert status()["status"] == "running", "counted while main(app) is still going"
     text = mini("status", run_id, cwd=project).stdout

@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from mini.errors import OptionError
+from mini.errors import ArgumentError, OptionError
 
 # Part of every scope: a change to the rules below makes every older key unreachable (recomputed).
 KEY_RULES = b"mini-cache-keys-1"
@@ -38,8 +38,9 @@ _DOUBLE = struct.Struct("<d")
 _LENGTH = struct.Struct("<Q")
 
 
-class Unhashable(Exception):
-    """A value the canonical hash has no rule for; `path` says where it sits inside the argument."""
+class Unhashable(ArgumentError):
+    """A value the canonical hash has no rule for; `path` says where it sits inside the argument. Callers
+    turn it into an error that names the argument (`mini.cache.lookup`) or the function."""
 
     def __init__(self, value: Any, reason: str = "") -> None:
         super().__init__(type(value).__name__)
