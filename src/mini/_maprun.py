@@ -20,7 +20,7 @@ from mini.dispatch import CallEvent, Dispatch
 from mini.errors import ArgumentError
 from mini.options import Options
 from mini.progress import Progress
-from mini.serialization import ArgumentEncoder, Outcome, decode_error, dump_function, loads
+from mini.serialization import ArgumentEncoder, Call, Outcome, decode_error, dump_function, loads
 
 
 def values(batch: list[tuple[bool, Any]], return_exceptions: bool) -> Iterator[Any]:
@@ -106,9 +106,9 @@ class MapRun:
                 await self._observer.caught_up()  # the reports of these calls reach on_report first
                 return ready
             assert self._dispatch is not None  # nothing ready: some call was dispatched
-            settled = []
+            settled: list[Outcome] = []
             for arrived in await self._dispatch.outcomes():
-                if type(arrived) is CallEvent:
+                if isinstance(arrived, CallEvent):
                     self._observer.observe(arrived, self._attempts.get(arrived.index, 0) + 1)
                 else:
                     settled.append(arrived)
@@ -116,7 +116,7 @@ class MapRun:
                 self._cache.keep(settled)
                 self._cache.flush()
             for outcome in settled:
-                self._settle(outcome)  # type: ignore[arg-type]
+                self._settle(outcome)
             self._show()
 
     async def _open_dispatch(self) -> None:
@@ -129,7 +129,7 @@ class MapRun:
             )
 
     async def _feed(self) -> None:
-        calls = []
+        calls: list[Call] = []
         cache = self._cache
         room = self._room()
         while room > 0 and not self._exhausted:

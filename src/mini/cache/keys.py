@@ -270,6 +270,7 @@ def _identity(fn: Any, active: set[int]) -> bytes:
         write(b"again" + _name(fn).encode())
         return hasher.digest()
     active.add(id(fn))
+    parts: list[tuple[str, Any]]
     try:
         if isinstance(fn, functools.partial):
             write(b"partial" + _identity(fn.func, active))
