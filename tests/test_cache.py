@@ -117,6 +117,15 @@ def test_different_values_hash_differently(one, other):
     assert argument_digest(one) != argument_digest(other)
 
 
+def test_a_volume_is_keyed_by_its_name_and_backend(project):
+    from mini import ModalApparatus
+
+    local = LocalApparatus("volumes")
+    assert argument_digest(local.volume("runs")) == argument_digest(local.volume("runs"))
+    assert argument_digest(local.volume("runs")) != argument_digest(local.volume("other"))
+    assert argument_digest(local.volume("runs")) != argument_digest(ModalApparatus("volumes").volume("runs"))
+
+
 def test_a_value_without_a_canonical_hash_is_named_with_where_it_sits():
     with pytest.raises(Unhashable) as caught:
         argument_digest({"model": Config(0.1, [1, threading.Lock()])})

@@ -110,6 +110,23 @@ def test_with_a_volume_each_run_stores_its_parameters_and_curve_and_a_call_picks
         shutil.rmtree(state_path(find_project_root(), "volumes", name, create=False), ignore_errors=True)
 
 
+def test_main_keeps_its_training_in_the_result_cache(tmp_path, monkeypatch):
+    import experiment.sweep as example
+    from mini import list_caches
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[project]\nname = "spirals"\nversion = "0"\n')
+    monkeypatch.setenv("MINI_PROJECT", str(project))  # its cache and volume, not the checkout's
+    monkeypatch.setattr(example, "grid", lambda: grid(learning_rates=[5e-2], widths=[8, 16], steps=100))
+    with LocalApparatus("spirals", workers=2) as app:
+        first = example.main(app)
+        second = example.main(app)
+    assert second == first, "the second run trained again (its wall times would differ)"
+    (info,) = list_caches()
+    assert (info.name, info.entries) == (example.CACHE, 2)
+
+
 def test_plot_without_results_says_so(tmp_path):
     with pytest.raises(ValueError, match="at least one result"):
         plot([], tmp_path / "empty.png")

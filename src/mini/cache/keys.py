@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mini.errors import ArgumentError, OptionError
+from mini.volumes import Volume
 
 # Part of every scope: a change to the rules below makes every older key unreachable (recomputed).
 KEY_RULES = b"mini-cache-keys-1"
@@ -155,6 +156,10 @@ class _Canonical:
         elif isinstance(value, pathlib.PurePath):
             self._named(b"P", kind)
             self._str(str(value))
+        elif isinstance(value, Volume):
+            # Named by where its files are (a cache is per project, and so is a volume of one name on one
+            # backend): the same name on another backend is another volume, whose files a hit would lack.
+            self._text(b"V", f"{value.backend}:{value.name}")
         elif isinstance(value, (types.FunctionType, functools.partial)):
             self._write(b"u" + _identity(value, self._active))
         elif isinstance(value, types.BuiltinFunctionType):
