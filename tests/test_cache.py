@@ -10,6 +10,7 @@ import enum
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from mini.cli import main as mini_main
 from mini.errors import ArgumentError, BackendError
 from mini.progress import Progress
 from tests.behaviour import calls
+from tests.runs.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -285,6 +287,7 @@ SWEEP = """
 import sys
 from mini import LocalApparatus
 from tests.behaviour import calls
+from tests.runs.conftest import wait_until
 
 name, folder, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with LocalApparatus("child", workers=2) as app:
@@ -319,6 +322,54 @@ def test_two_processes_running_the_same_cached_sweep(app, project, folder):
         x * x for x in range(30)
     ]
     assert executions(folder) == before, "every entry of either process reads back"
+
+
+INTERRUPTED = """
+import sys
+from mini import LocalApparatus
+from tests.behaviour import calls
+from tests.runs.conftest import wait_until
+
+name, folder = sys.argv[1], sys.argv[2]
+with LocalApparatus("child", workers=2, mode="process") as app:
+    # Inputs 3-5 block until released; a timeout makes process mode send the calls one at a time.
+    for value in app.w(cache=name, timeout=300).map(calls.tally_or_block, range(6), [folder] * 6, [3] * 6):
+        print(value, flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
+def test_a_map_whose_calling_process_is_interrupted_keeps_what_it_received(app, project, folder, how):
+    env = {**os.environ, "MINI_PROJECT": str(project), "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED, "interrupted", str(folder)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        received = [int(child.stdout.readline()) for _ in range(3)]
+        assert received == [0, 1, 4]
+        # Both workers hold blocked calls: nothing else can finish before the signal.
+        wait_until(lambda: sum(executions(folder)[x] for x in range(3, 6)) == 2, what="two blocked calls")
+        child.send_signal(how)
+        _, err = child.communicate(timeout=60)
+    finally:
+        (folder / "release").touch()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode != 0
+    if how == signal.SIGINT:
+        assert "KeyboardInterrupt" in err
+    before = executions(folder)
+    cached = app.w(cache="interrupted")
+    assert list(cached.map(calls.tally_or_block, range(6), [str(folder)] * 6, [3] * 6)) == [
+        x * x for x in range(6)
+    ]
+    assert executions(folder) - before == Counter(range(3, 6)), "the rerun ran calls the child had received"
 
 
 def test_a_frame_cut_short_by_a_crash_is_ignored(app, project, folder):
@@ -435,6 +486,27 @@ def test_mini_cache_ls_and_clear(app, project, folder, capsys):
     assert "cleared cache spirals-v1 (4 entries" in capsys.readouterr().out
     assert mini_main(["cache", "clear", "spirals-v1"]) == 1
     assert "no cache named 'spirals-v1'" in capsys.readouterr().err
+
+
+def test_a_hit_reports_nothing(app, folder):
+    for x in range(2):
+        (folder / f"seen-{x}").touch()
+    heard: list[Any] = []
+    cached = app.w(cache="reports", on_report=heard.append)
+    assert list(cached.map(calls.reporting, range(2), [str(folder)] * 2)) == [0, 1]
+    assert {report.index for report in heard} == {0, 1}
+    heard.clear()
+    assert list(cached.map(calls.reporting, range(2), [str(folder)] * 2)) == [0, 1]
+    assert heard == [], "a call answered from the cache does not run, so it reports nothing"
+
+
+def test_stream_refuses_a_variant_with_a_cache(app, folder):
+    cached = app.w(cache="streams")
+    with pytest.raises(OptionError, match=r"stream does not use the result cache.*\.w\(cache=False\)"):
+        next(cached.stream(calls.count_up, str(folder)))
+    assert not (folder / "yielded-0").exists(), "nothing was dispatched"
+    (folder / "proceed-0").touch()
+    assert next(cached.w(cache=False).stream(calls.count_up, str(folder))) == 0
 
 
 def test_the_progress_bar_counts_cached_calls(capsys):

@@ -17,7 +17,7 @@ from mini._observe import CallObserver
 from mini.backend import Backend
 from mini.cache.lookup import MapCache, open_map_cache
 from mini.dispatch import CallEvent, Dispatch
-from mini.errors import ArgumentError
+from mini.errors import ArgumentError, OptionError
 from mini.options import Options
 from mini.progress import Progress
 from mini.serialization import ArgumentEncoder, Call, Outcome, decode_error, dump_function, loads
@@ -246,6 +246,13 @@ class StreamRun:
             raise ArgumentError(
                 f"{getattr(fn, '__qualname__', fn)} is not a generator function (it has no `yield`): "
                 "run it with app.run(fn, ...) instead of stream."
+            )
+        if options.cache:
+            # Refused rather than passed over, so that no one believes a stream's values are kept.
+            raise OptionError(
+                "app.stream does not use the result cache: a generator's values are handed over as it yields "
+                "them, and a loop may stop early, so there is no one result to keep. Stream from a variant "
+                "without it: app.w(cache=False).stream(...)."
             )
         self._backend = backend
         self._options = options

@@ -159,6 +159,20 @@ def test_a_failure_is_not_kept_and_re_executes(cached, tmp_path):
     assert executions(tmp_path)[7] == 2
 
 
+def test_a_batched_map_keeps_and_finds_each_input_on_its_own(cached, tmp_path):
+    folder = str(tmp_path)
+    batched = cached.w(max_batch_size=4, batch_wait_ms=50)
+    assert list(batched.map(calls.tally_columns, range(0, 12, 2), [folder] * 6)) == [x * x for x in range(0, 12, 2)]
+    # The odd inputs are new: they run, batched among themselves; the even ones come from the cache, whatever
+    # batch they ran in.
+    assert list(batched.map(calls.tally_columns, range(12), [folder] * 12)) == [x * x for x in range(12)]
+    assert executions(tmp_path) == Counter(range(12)), "a batched call ran again, or a batch was kept whole"
+    # The batch size is not part of the key.
+    resized = cached.w(max_batch_size=3, batch_wait_ms=10)
+    assert list(resized.map(calls.tally_columns, range(12), [folder] * 12)) == [x * x for x in range(12)]
+    assert executions(tmp_path) == Counter(range(12))
+
+
 def test_a_sweep_started_on_one_backend_finishes_on_another(cached, backend, cache_name, tmp_path):
     folder = str(tmp_path)
     assert list(cached.map(calls.tally, range(4), [folder] * 4)) == [0, 1, 4, 9]

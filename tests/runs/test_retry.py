@@ -1,5 +1,6 @@
 """`Run.retry()` and `mini retry RUN`: a settled run's failed, cancelled and lost calls launched again, on the
-run's own backend and options, on every backend with detached runs (`DETACHED_BACKENDS`)."""
+run's own backend and options, on every backend with detached runs (`DETACHED_BACKENDS`). `Run.retry()`'s
+answer (the jobs launched) is shown in docs/concepts.md, which tests/test_docs.py runs."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def test_retry_launches_again_exactly_the_failed_cancelled_and_lost_calls(app, t
     assert [state.status for state in run.states()] == ["done", "failed", "failed", "cancelled"]
 
     (tmp_path / "fixed").touch()  # the bug is fixed
-    assert [job.index for job in Run.open(run.id).retry()] == [1, 2, 3]
+    assert mini_main(["retry", run.id]) == 0
+    assert f"run {run.id}: launched 3 call(s) again on {run.record.backend} (#1, #2, #3)" in capsys.readouterr().out
     reopened = Run.open(run.id)
     assert reopened.results(timeout=120) == kinds, "each call's latest attempt"
     assert executions(tmp_path) == Counter({"ok": 1, "raise": 2, "exit": 2, "block": 2}), "ok ran once only"
