@@ -32,7 +32,7 @@ class Sizes:
     array_rounds: int = 5
     memory_inputs: int = 1_000_000
     memory_checkpoint: int = 10_000
-    cache_rounds: int = 7
+    cache_rounds: int = 15
 
 
 FULL = Sizes()
