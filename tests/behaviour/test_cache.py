@@ -162,7 +162,9 @@ def test_a_failure_is_not_kept_and_re_executes(cached, tmp_path):
 def test_a_batched_map_keeps_and_finds_each_input_on_its_own(cached, tmp_path):
     folder = str(tmp_path)
     batched = cached.w(max_batch_size=4, batch_wait_ms=50)
-    assert list(batched.map(calls.tally_columns, range(0, 12, 2), [folder] * 6)) == [x * x for x in range(0, 12, 2)]
+    assert list(batched.map(calls.tally_columns, range(0, 12, 2), [folder] * 6)) == [
+        x * x for x in range(0, 12, 2)
+    ]
     # The odd inputs are new: they run, batched among themselves; the even ones come from the cache, whatever
     # batch they ran in.
     assert list(batched.map(calls.tally_columns, range(12), [folder] * 12)) == [x * x for x in range(12)]

@@ -36,7 +36,10 @@ def test_retry_launches_again_exactly_the_failed_cancelled_and_lost_calls(app, t
 
     (tmp_path / "fixed").touch()  # the bug is fixed
     assert mini_main(["retry", run.id]) == 0
-    assert f"run {run.id}: launched 3 call(s) again on {run.record.backend} (#1, #2, #3)" in capsys.readouterr().out
+    assert (
+        f"run {run.id}: launched 3 call(s) again on {run.record.backend} (#1, #2, #3)"
+        in capsys.readouterr().out
+    )
     reopened = Run.open(run.id)
     assert reopened.results(timeout=120) == kinds, "each call's latest attempt"
     assert executions(tmp_path) == Counter({"ok": 1, "raise": 2, "exit": 2, "block": 2}), "ok ran once only"
