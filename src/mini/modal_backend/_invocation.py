@@ -62,6 +62,8 @@ from mini.serialization import Outcome
 
 # Inputs per FunctionPutInputs, as modal's own map sends them (the control plane's batch size).
 CHUNK = 49
+# Seconds between output polls while outputs come one by one and many inputs are waiting.
+_GATHER_PAUSE = 0.01
 _Result = api_pb2.GenericResult
 # Never retried, whatever the policy says.
 _TERMINAL = (_Result.GENERIC_STATUS_SUCCESS, _Result.GENERIC_STATUS_TERMINATED)
@@ -91,11 +93,11 @@ class _Input:
 
 
 class MapInvocation:
-    """One map of `function` in flight on Modal. `put` and `finish` are called from mini's loop; each
-    batch of outcomes goes to `deliver`, called on mini's loop, in completion order.
+    """One map of `function` in flight on Modal. `put` is called from mini's loop; each batch of outcomes
+    goes to `deliver`, called on mini's loop, in completion order.
 
     >>> invocation = MapInvocation(function, deliver=dispatch.take, home=asyncio.get_running_loop())
-    >>> invocation.put([(0, payload)]); invocation.finish()
+    >>> invocation.put([(0, payload)], last=True)
     >>> await invocation.aclose()        # stops what is outstanding on Modal
     """
 
@@ -119,6 +121,9 @@ class MapInvocation:
         self._finished = False
         self._closed = False
         self._task: asyncio.Future[None] | None = None
+        # On mini's loop: the inputs put whose outcome has not been handed over yet.
+        self._unsettled: set[int] = set()
+        self._all_put = False
         # Set on the client loop:
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
@@ -135,33 +140,38 @@ class MapInvocation:
 
     # ----- the doors from mini's loop ------------------------------------------------------------------
 
-    def put(self, calls: Sequence[tuple[int, bytes]]) -> None:
-        """Queue inputs `(index, payload)`; the first ones start the map."""
-        self._loop.call_soon_threadsafe(self._accept, list(calls))
-
-    def finish(self) -> None:
-        """No more inputs will be put."""
-        self._loop.call_soon_threadsafe(self._end_inputs)
+    def put(self, calls: Sequence[tuple[int, bytes]], last: bool = False) -> None:
+        """Queue inputs `(index, payload)` (`last`: no more will follow); the first ones start the map."""
+        self._unsettled.update(index for index, _ in calls)
+        self._all_put = self._all_put or last
+        self._loop.call_soon_threadsafe(self._accept, list(calls), last)
 
     async def aclose(self) -> None:
         """Stop every outstanding input on Modal (killing the containers running them); idempotent."""
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close(), self._loop))
+        if not self._unsettled and self._all_put:
+            # Nothing is left to stop: the client loop's side ends by itself once it has told Modal that
+            # the outputs may go. Not crossing over to it saves a warm `run` a thread switch.
+            return
+        closing = asyncio.run_coroutine_threadsafe(self._close(), self._loop)
+        if self._unsettled:
+            await asyncio.wrap_future(closing)
+        # Otherwise nothing is left to stop on Modal, only the RPC loops waiting for more inputs.
+
+    def _arrived(self, items: list[Outcome | CallEvent]) -> None:
+        # On mini's loop.
+        self._unsettled.difference_update(item.index for item in items if type(item) is not CallEvent)
+        self._deliver_home(items)
 
     # ----- on the client loop -------------------------------------------------------------------------
 
-    def _accept(self, calls: list[tuple[int, bytes]]) -> None:
+    def _accept(self, calls: list[tuple[int, bytes]], last: bool) -> None:
         if self._closed:
             return
         self._pending.extend(calls)
         self._unsent += len(calls)
-        if self._task is None:
-            # Started on the next turn of the loop, after a `finish` sent right behind these inputs, so
-            # that a single call (`run`) takes the cheaper one-input path.
+        self._finished = self._finished or last
+        if self._task is None and self._pending:
             self._task = asyncio.ensure_future(self._run())
-        self._wake.set()
-
-    def _end_inputs(self) -> None:
-        self._finished = True
         self._wake.set()
         self._check_done()
 
@@ -181,10 +191,12 @@ class MapInvocation:
             raise
         except BaseException as error:  # the whole map failed: no outcome may be lost
             self._fail_outstanding(error)
+        if self._events is not None and self._done.is_set():
+            await self._events.stop()  # every outcome is out: no event can concern anyone any more
 
     def _deliver(self, outcomes: Sequence[Outcome | CallEvent]) -> None:
         if outcomes:
-            self._home.call_soon_threadsafe(self._deliver_home, list(outcomes))
+            self._home.call_soon_threadsafe(self._arrived, list(outcomes))
 
     def _settle_all(self, decoded: list[tuple[Outcome, int]]) -> None:
         """Hand settled outcomes on, each once the events its input sent before it are in."""
@@ -253,7 +265,8 @@ class MapInvocation:
             pumps.append(self._pump_retries())
         tasks = [asyncio.ensure_future(pump) for pump in [self._done.wait(), *pumps]]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            # The pumps run until cancelled: the first task to end is the map's end, or a pump's failure.
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()
         finally:
@@ -330,6 +343,11 @@ class MapInvocation:
                     decoded.append(await decode_output(output, self._function.client))
             self._settle_all(decoded)
             self._check_done()
+            if len(response.outputs) < CHUNK and len(self._inputs) > CHUNK:
+                # Outputs trickle in while many inputs run: wait a little so that the next poll brings
+                # several. Each poll carries every waiting input's jwt, so this saves bytes as well as
+                # RPCs, and delays no output by more than the pause.
+                await asyncio.sleep(_GATHER_PAUSE)
 
     def _is_final(self, entry: _Input, output: api_pb2.FunctionGetOutputsItem) -> bool:
         """Whether `output` settles its input: not an earlier attempt's, and no client-side retry is due
@@ -511,7 +529,8 @@ class MapInvocation:
         self._closed = True
         task, self._task = self._task, None
         if task is not None and not task.done():
-            task.cancel()
+            if not self._done.is_set():
+                task.cancel()  # otherwise it is only telling Modal that the call's outputs may go
             await asyncio.gather(task, return_exceptions=True)
         if self._events is not None:
             await self._events.stop()

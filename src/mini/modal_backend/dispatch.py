@@ -31,10 +31,11 @@ class ModalDispatch(Dispatch):
         live: bool = False,
         stream: bool = False,
     ) -> None:
+        self._home = asyncio.get_running_loop()
         self._invocation = MapInvocation(
             function,
             deliver=self._take,
-            home=asyncio.get_running_loop(),
+            home=self._home,
             queue=queue,
             live=live,
             stream=stream,
@@ -42,6 +43,9 @@ class ModalDispatch(Dispatch):
         self._window = window
         self._startup_timeout = startup_timeout
         self._live = live
+        self._unsent: list[tuple[int, bytes]] = []
+        self._finishing = False
+        self._send_scheduled = False
         self._outstanding: set[int] = set()
         self._started: set[int] = set()  # outstanding inputs a container announced (when live)
         self._ready: list[Outcome | CallEvent] = []
@@ -58,10 +62,24 @@ class ModalDispatch(Dispatch):
 
     def submit(self, calls: Sequence[Call]) -> None:
         self._outstanding.update(call.index for call in calls)
-        self._invocation.put([(call.index, call.payload) for call in calls])
+        self._unsent.extend((call.index, call.payload) for call in calls)
+        self._schedule_send()
 
     def finish(self) -> None:
-        self._invocation.finish()
+        self._finishing = True
+        self._schedule_send()
+
+    def _schedule_send(self) -> None:
+        # What is submitted in one turn of mini's loop crosses to modal's in one go, with the end of the
+        # inputs when it follows them: a single call (`run`) is then known to be one before it starts.
+        if not self._send_scheduled:
+            self._send_scheduled = True
+            self._home.call_soon(self._send)
+
+    def _send(self) -> None:
+        self._send_scheduled = False
+        calls, self._unsent = self._unsent, []
+        self._invocation.put(calls, last=self._finishing)
 
     def _take(self, arrived: list[Outcome | CallEvent]) -> None:
         # Only what concerns inputs still outstanding counts: one settled by a startup timeout stays settled.
