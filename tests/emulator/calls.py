@@ -13,6 +13,7 @@ Outputs are kept in arrival order; their position (1-based) is the entry id moda
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ class Input:
     done: bool = False
     retry_count: int = 0  # the attempt a client-side retry asked for (FunctionRetryInputs)
     attempt: Any = None
+    enqueued_at: float = field(default_factory=time.time)
 
     @property
     def data_format(self) -> int:

@@ -24,6 +24,7 @@ from modal._image import ImageBuilderVersion
 from modal.mount import client_mount_name
 from modal_proto import api_pb2
 
+from tests.emulator import call_history
 from tests.emulator.blobs import BlobStore
 from tests.emulator.calls import FunctionCall, format_entry_id, parse_entry_id
 from tests.emulator.containers import Container, LogSink
@@ -530,6 +531,30 @@ class Servicer(Service):
             **{f"{name}_inputs": category(total=count) for name, count in counts.items()},
         )
         await stream.send_message(api_pb2.FunctionCallGetInfoResponse(info=info))
+
+    async def FunctionCallFetch(self, stream: Stream) -> None:
+        """A function's inputs, one entry each: the newest `tail.count`, or those enqueued in a time range
+        (`since` inclusive, `until` exclusive), oldest first, at most `range.limit`."""
+        request: api_pb2.FunctionCallFetchRequest = await stream.recv_message()
+        self._function(request.function_id)
+        calls = [call for call in self.calls.values() if call.function_id == request.function_id]
+        inputs = call_history.function_inputs(calls)
+        if request.WhichOneof("query_oneof") == "range":
+            bounds = request.range
+            if not 1 <= bounds.limit <= call_history.MAX_RANGE_LIMIT:
+                raise GRPCError(
+                    Status.INVALID_ARGUMENT, f"limit must be between 1 and {call_history.MAX_RANGE_LIMIT}"
+                )
+            since = bounds.since.ToNanoseconds() / 1e9 if bounds.HasField("since") else 0.0
+            until = bounds.until.ToNanoseconds() / 1e9 if bounds.HasField("until") else time.time()
+            found = call_history.in_range(inputs, since=since, until=until, limit=bounds.limit)
+        else:
+            count = request.tail.count
+            if not 1 <= count <= call_history.MAX_TAIL:
+                message = f"count must be between 1 and {call_history.MAX_TAIL}"
+                raise GRPCError(Status.INVALID_ARGUMENT, message)
+            found = call_history.newest(inputs, count=count)
+        await stream.send_message(api_pb2.FunctionCallFetchResponse(function_call_inputs=found))
 
     async def FunctionCallCancel(self, stream: Stream) -> None:
         request: api_pb2.FunctionCallCancelRequest = await stream.recv_message()

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from mini.modal_backend.session import Session
     from mini.options import Options
     from mini.runs.registry import CallRecord, RunFolder
-    from mini.serialization import Call
+    from mini.serialization import Call, Outcome
 
 _APP_FILE = "modal.json"  # the run's detached app and function, for people looking for its logs
 _CALL_ID_FILE = "modal_call_id"  # per call, written as soon as it is spawned (see `_note_spawned`)
@@ -88,7 +88,8 @@ class ModalLauncher(Launcher):
         async with contextlib.AsyncExitStack() as stack:
             await run_app(app, self._options, stack, detach=True)
             self._session.announce(name, self._options)
-            run.write_file(_APP_FILE, json.dumps({"app_id": app.app_id, "function": name}).encode())
+            where = {"app_id": app.app_id, "function": name, "function_id": function.object_id}
+            run.write_file(_APP_FILE, json.dumps(where).encode())
             return await _spawn_all(function, calls, functools.partial(_note_spawned, run))
         # Leaving the block disconnects this client; a detached app keeps running until its calls end.
 
@@ -140,10 +141,12 @@ def _note_spawned(run: RunFolder, index: int, call_id: str) -> None:
 
 
 class ModalMonitor(Monitor):
-    """Answers for a Modal run's calls by their function-call ids: one status request per question.
+    """Answers for a Modal run's calls by their function-call ids: for one call, one status request; for a
+    whole run, one listing of the run's function (`mini.modal_backend.call_index`), then one request per
+    call that has finished since the last look.
 
-    Modal does not say whether a call it holds is queued or running, so an unfinished call is `running`
-    from the moment it was spawned.
+    An unfinished call is `running` from the moment it was spawned; the detail says whether Modal has it
+    queued or running.
     """
 
     def backend_id(self, run: RunFolder, call: CallRecord) -> str | None:
@@ -170,21 +173,52 @@ class ModalMonitor(Monitor):
             async with _asking_modal(call_id):
                 outcome = await on_client_loop(poll_call(call_id, call.index))
         except OutputExpired:
-            return CallState(
-                "failed",
-                "Modal no longer holds its result (it keeps results for 7 days) and mini had not fetched it",
-            )
+            return _EXPIRED
         if outcome is None:
             return CallState("running", "on Modal, queued or running")
-        if not outcome.ok and isinstance(outcome.data, BaseException):
-            from mini.serialization import Outcome, encode_error
+        return _settled(run, call, outcome)
 
-            outcome = Outcome(call.index, False, encode_error(outcome.data))
-        run.store_outcome(call.index, outcome)
-        summary = run.outcome_summary(call.index) or {}
-        return CallState(
-            "done" if outcome.ok else "failed", summary.get("error") or "", finished=summary.get("finished")
-        )
+    def states(self, run: RunFolder, calls: Sequence[CallRecord]) -> list[CallState]:
+        asked = [(call, self.backend_id(run, call)) for call in calls]
+        known = [(call, call_id) for call, call_id in asked if call_id is not None]
+        answers = _loop.wait(self._states(run, known)) if known else {}
+        handing_over = CallState("pending", "being handed over to Modal")
+        return [answers.get(call.index, handing_over) for call in calls]
+
+    async def _states(self, run: RunFolder, calls: list[tuple[CallRecord, str]]) -> dict[int, CallState]:
+        from mini.tls import ensure_grpc_trusts_system_ca
+
+        ensure_grpc_trusts_system_ca()  # before modal opens its first connection
+        from mini.modal_backend._invocation import OutputExpired, on_client_loop
+        from mini.modal_backend.call_index import list_inputs, poll_calls
+
+        function_id = (run.read_json(_APP_FILE) or {}).get("function_id")
+        listed = None
+        if function_id and len(calls) > 1:  # for one call, asking for its output is as cheap
+            async with _asking_modal(calls[0][1]):
+                listed = await on_client_loop(list_inputs(function_id, since=run.record().created))
+        states: dict[int, CallState] = {}
+        to_poll: list[tuple[CallRecord, str]] = []
+        for call, call_id in calls:
+            standing = listed.get(call_id) if listed is not None else None
+            if standing is None or standing.state == "finished":
+                to_poll.append((call, call_id))
+            elif standing.state == "queued":
+                states[call.index] = CallState("running", "queued on Modal")
+            else:
+                states[call.index] = CallState("running", "running on Modal", started=standing.started)
+        polled = await on_client_loop(poll_calls([(call_id, call.index) for call, call_id in to_poll]))
+        for (call, call_id), answer in zip(to_poll, polled, strict=True):
+            if isinstance(answer, OutputExpired):
+                states[call.index] = _EXPIRED
+            elif isinstance(answer, BaseException):
+                async with _asking_modal(call_id):
+                    raise answer
+            elif answer is None:
+                states[call.index] = CallState("running", "on Modal, queued or running")
+            else:
+                states[call.index] = _settled(run, call, answer)
+        return states
 
     def cancel(self, run: RunFolder, call: CallRecord) -> None:
         # Without an id, Modal holds nothing of this call to stop (unless a launcher is spawning it now).
@@ -212,6 +246,25 @@ class ModalMonitor(Monitor):
             error = decode_error(run.load_outcome(call.index).data)
             text += getattr(error.__cause__, "text", "") or f"{summary['error']}\n"
         return text
+
+
+_EXPIRED = CallState(
+    "failed", "Modal no longer holds its result (it keeps results for 7 days) and mini had not fetched it"
+)
+
+
+def _settled(run: RunFolder, call: CallRecord, outcome: Outcome) -> CallState:
+    """Store the outcome Modal gave for `call` in the run folder (Modal keeps it for a limited time only),
+    and say what it was."""
+    if not outcome.ok and isinstance(outcome.data, BaseException):
+        from mini.serialization import Outcome, encode_error
+
+        outcome = Outcome(call.index, False, encode_error(outcome.data))
+    run.store_outcome(call.index, outcome)
+    summary = run.outcome_summary(call.index) or {}
+    return CallState(
+        "done" if outcome.ok else "failed", summary.get("error") or "", finished=summary.get("finished")
+    )
 
 
 def _function_call(call_id: str) -> Any:

@@ -81,24 +81,45 @@ class Run(Generic[R]):
 
     def call_state(self, index: int) -> CallState:
         """Where call `index` stands: an outcome stored here wins, then a cancel, then the backend's word."""
-        folder, call = self.folder, self.record.calls[index]
-        if not folder.path.is_dir():
-            raise RunNotFound(f"run {self.id} was deleted from {folder.path.parent} while in use.")
-        settled = _stored_state(folder, index)
+        self._check_folder()
+        known = self._known_state(index)
+        if known is not None:
+            return known
+        return self._checked(index, self.monitor().state(self.folder, self.record.calls[index]))
+
+    def states(self) -> list[CallState]:
+        """Every call's state, in input order; the backend is asked once about all the unsettled ones."""
+        self._check_folder()
+        calls = self.record.calls
+        known = [self._known_state(call.index) for call in calls]
+        unsettled = [call for call, state in zip(calls, known, strict=True) if state is None]
+        asked = iter(self.monitor().states(self.folder, unsettled) if unsettled else ())
+        return [
+            state if state is not None else self._checked(call.index, next(asked))
+            for call, state in zip(calls, known, strict=True)
+        ]
+
+    def _check_folder(self) -> None:
+        if not self.folder.path.is_dir():
+            raise RunNotFound(f"run {self.id} was deleted from {self.folder.path.parent} while in use.")
+
+    def _known_state(self, index: int) -> CallState | None:
+        """What the run folder says of call `index`: its stored outcome, or its cancel; None otherwise."""
+        settled = _stored_state(self.folder, index)
         if settled is not None:
             return settled
-        cancelled = folder.cancelled_at(index)
+        cancelled = self.folder.cancelled_at(index)
         if cancelled is not None:
             return CallState("cancelled", finished=cancelled)
-        state = self.monitor().state(folder, call)
+        return None
+
+    def _checked(self, index: int, state: CallState) -> CallState:
+        """The backend's word on call `index`, checked against the run folder and the launcher."""
         if state.status == "failed":  # it may have stored its outcome just as it ended
-            return _stored_state(folder, index) or state
+            return _stored_state(self.folder, index) or state
         if state.status == "pending" and self.record.launched is None and not _launcher_alive(self.record):
             return CallState("failed", "the launching process ended before it handed this call over")
         return state
-
-    def states(self) -> list[CallState]:
-        return [self.call_state(call.index) for call in self.record.calls]
 
     def status(self) -> Status:
         """`pending`, `running`, `done`, `failed` (some call failed) or `cancelled`."""
@@ -112,7 +133,17 @@ class Run(Generic[R]):
     def wait(self, timeout: float | None = None) -> list[CallState]:
         """Wait until every call has settled; `CallNotFinished` after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        return [_wait(job, deadline) for job in self]
+        pause = _POLL[0]
+        while True:  # the whole run at each look: one request for all its calls where the backend can
+            states = self.states()
+            waiting = next((index for index, state in enumerate(states) if not state.settled), None)
+            if waiting is None:
+                return states
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise _not_finished(self[waiting], states[waiting])
+            time.sleep(pause if remaining is None else min(pause, remaining))
+            pause = min(pause * 1.5, _POLL[1])
 
     def results(self, timeout: float | None = None, return_exceptions: bool = False) -> list[R]:
         """Every call's result in input order, waiting for them; the first failure raises (with its
@@ -250,12 +281,16 @@ def _wait(job: Job[Any], deadline: float | None) -> CallState:
             return state
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
-            raise CallNotFinished(
-                f"call {job.id} is still {state.status}{f' ({state.detail})' if state.detail else ''}; "
-                "ask again later, or wait with result(timeout=None)."
-            )
+            raise _not_finished(job, state)
         time.sleep(pause if remaining is None else min(pause, remaining))
         pause = min(pause * 1.5, _POLL[1])
+
+
+def _not_finished(job: Job[Any], state: CallState) -> CallNotFinished:
+    return CallNotFinished(
+        f"call {job.id} is still {state.status}{f' ({state.detail})' if state.detail else ''}; "
+        "ask again later, or wait with result(timeout=None)."
+    )
 
 
 def _stored_state(folder: RunFolder, index: int) -> CallState | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mini.runs.errors import RunError
@@ -27,6 +28,11 @@ class Monitor(ABC):
     @abstractmethod
     def state(self, run: RunFolder, call: CallRecord) -> CallState:
         """Where `call` stands now (quick: a file read or one status request)."""
+
+    def states(self, run: RunFolder, calls: Sequence[CallRecord]) -> list[CallState]:
+        """Where each of `calls` stands now, in their order. A backend that can answer for many calls in
+        one request overrides this; `mini status` of a large run asks it once."""
+        return [self.state(run, call) for call in calls]
 
     @abstractmethod
     def cancel(self, run: RunFolder, call: CallRecord) -> None:
