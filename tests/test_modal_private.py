@@ -50,6 +50,14 @@ def _function(*names: str) -> Callable[[Any], None]:
     return check
 
 
+def _async_generator(*names: str) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        assert inspect.isasyncgenfunction(value), f"{value!r} is not an async generator function"
+        _takes(value, *names)
+
+    return check
+
+
 def _timeout(value: Any) -> None:
     assert isinstance(value, (int, float)) and value > 0
 
@@ -220,6 +228,6 @@ def test_every_rpc_mini_calls_is_on_modals_stub() -> None:
     from modal_proto.api_grpc import ModalClientBase
 
     called = {method for method, _ in _calls_on("stub", "_stub")}
-    assert {"FunctionMap", "FunctionPutInputs", "FunctionGetOutputs"} <= called, called
+    assert {"FunctionMap", "FunctionPutInputs", "FunctionGetOutputs", "FunctionCallFetch"} <= called, called
     missing = sorted(name for name in called if not hasattr(ModalClientBase, name))
     assert not missing, f"modal's gRPC API no longer has {missing}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 
 import emulated_pkg.functions
@@ -72,6 +73,16 @@ def echo_size(payload: bytes) -> bytes:
 
 @app.function(image=image, serialized=True)
 def wait_for_file(path: str) -> str:
+    import pathlib
+    import time
+
+    while not pathlib.Path(path).exists():
+        time.sleep(0.05)
+    return "released"
+
+
+@app.function(image=image, serialized=True)
+def listed_call(path: str) -> str:
     import pathlib
     import time
 
@@ -202,3 +213,57 @@ def test_remote_costs_one_map_and_one_output_poll(running):
         square.remote(2)
     assert rpcs["FunctionMap"] == 1
     assert rpcs["FunctionGetOutputs"] == 1
+
+
+def _fetch_inputs(function_id: str, **query: object) -> list:
+    """FunctionCallFetch through the modal client's own stub, as `modal function calls` sends it."""
+    import asyncio
+
+    from modal._utils.async_utils import synchronizer
+    from modal.client import _Client
+    from modal_proto import api_pb2
+
+    async def fetch() -> list:
+        client = await _Client.from_env()
+        request = api_pb2.FunctionCallFetchRequest(function_id=function_id, **query)
+        return list((await client._stub.FunctionCallFetch(request)).function_call_inputs)
+
+    return asyncio.run_coroutine_threadsafe(fetch(), synchronizer._get_loop(start=True)).result(timeout=60)
+
+
+def test_a_functions_inputs_are_listed_with_their_call_and_status(running, tmp_path):
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from modal_proto import api_pb2
+
+    (tmp_path / "open").touch()
+    finished = listed_call.spawn(str(tmp_path / "open"))
+    assert finished.get(timeout=60) == "released"
+    held = [listed_call.spawn(str(tmp_path / "release")) for _ in range(3)]
+    Range, Tail = api_pb2.FunctionCallFetchRequest.Range, api_pb2.FunctionCallFetchRequest.Tail
+    since, until = Timestamp(), Timestamp()
+    since.FromSeconds(0)
+    until.FromSeconds(int(time.time()) + 60)
+    try:
+        everything = _fetch_inputs(listed_call.object_id, range=Range(since=since, until=until, limit=100))
+        assert [info.function_call_id for info in everything] == [
+            call.object_id for call in [finished, *held]
+        ], "a range lists the oldest first, one entry per call"
+        first = everything[0]
+        assert first.status == api_pb2.FUNCTION_CALL_INPUT_STATUS_SUCCESS
+        assert first.HasField("started_at") and first.execution_time_seconds >= 0 and first.container_id
+        assert {info.status for info in everything[1:]} <= {
+            api_pb2.FUNCTION_CALL_INPUT_STATUS_PENDING,
+            api_pb2.FUNCTION_CALL_INPUT_STATUS_RUNNING,
+        }
+        limited = _fetch_inputs(listed_call.object_id, range=Range(since=since, until=until, limit=2))
+        assert [info.function_call_id for info in limited] == [finished.object_id, held[0].object_id]
+        newest = _fetch_inputs(listed_call.object_id, tail=Tail(count=2))
+        assert [info.function_call_id for info in newest] == [held[2].object_id, held[1].object_id]
+        with pytest.raises(modal.exception.InvalidError):
+            _fetch_inputs(listed_call.object_id, range=Range(since=since, until=until, limit=0))
+    finally:
+        (tmp_path / "release").touch()
+    for call in held:
+        assert call.get(timeout=60) == "released"
+    settled = _fetch_inputs(listed_call.object_id, tail=Tail(count=10))
+    assert {info.status for info in settled} == {api_pb2.FUNCTION_CALL_INPUT_STATUS_SUCCESS}

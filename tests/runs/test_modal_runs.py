@@ -101,8 +101,10 @@ def test_fetched_outcomes_are_kept_locally_and_questions_create_nothing_on_modal
     with modal_emulator.recorder.counting() as asked:
         assert mini("status", run_id, cwd=modal_project, env=env).returncode == 0
         assert mini("logs", run_id, cwd=modal_project, env=env).returncode == 0
-    assert asked["FunctionGetOutputs"] == 2, "one status request per unsettled call"
-    assert set(asked) <= {"ClientHello", "FunctionGetOutputs"}, f"questions created something: {asked}"
+    assert asked["FunctionCallFetch"] == 1 and not asked["FunctionGetOutputs"], (
+        f"one listing answers for the run's calls while they run: {dict(asked)}"
+    )
+    assert set(asked) <= {"ClientHello", "FunctionCallFetch"}, f"questions created something: {asked}"
 
     release.touch()
     assert mini("watch", run_id, cwd=modal_project, env=env).returncode == 0
@@ -113,6 +115,34 @@ def test_fetched_outcomes_are_kept_locally_and_questions_create_nothing_on_modal
     assert not asked, "settled calls are answered from the run folder, whatever Modal still keeps"
     outcomes = sorted((modal_project / ".mini" / "runs" / run_id).glob("calls/*/outcome.pkl"))
     assert len(outcomes) == 2
+
+
+def test_status_of_a_run_asks_modal_once_and_each_finished_call_once(modal_project, modal_emulator, tmp_path):
+    release = tmp_path / "release"
+    with make_detached("modal", "many") as app:
+        run = app.spawn_map(functions.wait_for_file, [str(release)] * 30)
+    recorder = modal_emulator.recorder
+
+    def running() -> int:
+        functions = [f for f in list(recorder.functions.values()) if f.name.startswith("wait-for-file-")]
+        return functions[-1].peak_running if functions else 0
+
+    wait_until(lambda: running() == 2, timeout=120, what="two calls running")
+    with recorder.counting() as asked:
+        states = run.states()
+    assert asked["FunctionCallFetch"] == 1 and not asked["FunctionGetOutputs"], dict(asked)
+    details = [state.detail for state in states]
+    assert details.count("running on Modal") == 2 and details.count("queued on Modal") == 28, details
+    assert all(state.started for state in states if state.detail == "running on Modal")
+
+    release.touch()
+    with recorder.counting() as asked:
+        assert len(run.results(timeout=120)) == 30
+        assert run.status() == "done"
+    assert asked["FunctionGetOutputs"] == 30, f"each finished call's output is fetched once: {dict(asked)}"
+    with recorder.counting() as asked:
+        assert run.counts()["done"] == 30
+    assert not asked, "settled calls are answered from the run folder"
 
 
 def test_cancel_from_a_fresh_process_stops_the_call_on_modal(modal_project, modal_emulator, tmp_path):
