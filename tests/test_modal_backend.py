@@ -73,6 +73,41 @@ def test_a_map_of_100_inputs_is_one_map_call_not_100_round_trips(app, modal_emul
     assert rpcs["FunctionGetOutputs"] <= 100
 
 
+def test_a_warm_run_is_one_function_map_and_one_output_poll_every_time(app, modal_emulator):
+    app.run(calls.square, 0)  # start the app and a container outside the count
+    with modal_emulator.recorder.counting() as rpcs:
+        assert [app.run(calls.square, x) for x in range(30)] == [x * x for x in range(30)]
+    # The input and the end of the inputs reach modal's loop together: never the map path's RPCs.
+    assert (rpcs["FunctionMap"], rpcs["FunctionGetOutputs"], rpcs["FunctionPutInputs"]) == (30, 30, 0)
+
+
+def _client_tasks() -> list[str]:
+    """The names of the coroutines mini runs on modal's client loop now."""
+    import asyncio
+
+    from mini.modal_backend._invocation import client_loop
+
+    async def names() -> list[str]:
+        tasks = asyncio.all_tasks()
+        return [
+            getattr(task.get_coro(), "__qualname__", "")
+            for task in tasks
+            if task is not asyncio.current_task()
+        ]
+
+    running = asyncio.run_coroutine_threadsafe(names(), client_loop()).result(timeout=30)
+    return [name for name in running if name.startswith(("MapInvocation.", "_EventReader."))]
+
+
+def test_a_finished_map_leaves_nothing_of_it_running_in_the_client(app):
+    assert list(app.map(calls.square, range(200))) == [x * x for x in range(200)]
+    assert app.run(calls.square, 3) == 9
+    deadline = time.monotonic() + 30
+    while _client_tasks():  # its last acknowledgement may still be on its way
+        assert time.monotonic() < deadline, f"still running after the map: {_client_tasks()}"
+        time.sleep(0.05)
+
+
 def test_lambdas_closures_and_example_package_functions_run(app):
     from experiment.config import TrainConfig
     from experiment.train import train
