@@ -9,20 +9,18 @@ three quarters of the file's size. For `modal`, the emulator runs in a process o
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.emulator import emulator_process
 from bench.harness import peak_rss_mb, process_peak_rss_mb
 
 if TYPE_CHECKING:
@@ -45,7 +43,7 @@ def run(sizes: Sizes) -> dict[str, dict[str, Any]]:
     """
     size_mb = QUICK_MB if sizes.map_items < 10_000 else FULL_MB
     results = {"local": _child("local", size_mb, os.environ)}
-    with _emulator() as (environment, pid):
+    with emulator_process() as (environment, pid):
         results["modal"] = _child("modal", size_mb, environment)
         results["modal"]["emulator_peak_mb"] = process_peak_rss_mb(pid)
     return results
@@ -62,24 +60,6 @@ def _child(backend: str, size_mb: int, environment: Any) -> dict[str, Any]:
     figures["growth_mb"] = figures["peak_mb"] - figures["peak_after_baseline_mb"]
     figures["flat"] = figures["growth_mb"] <= FLAT_MB
     return figures
-
-
-@contextlib.contextmanager
-def _emulator() -> Iterator[tuple[dict[str, str], int]]:
-    """A running emulator in its own process: the environment that points a client at it, and its pid."""
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "tests.emulator"], stdout=subprocess.PIPE, text=True, cwd=_REPOSITORY
-    )
-    try:
-        assert emulator.stdout is not None
-        variables: dict[str, str] = {}
-        while len(variables) < 4:
-            name, _, value = emulator.stdout.readline().removeprefix("export ").strip().partition("=")
-            variables[name] = value.strip("'")
-        yield {**os.environ, **variables}, emulator.pid
-    finally:
-        emulator.send_signal(signal.SIGINT)  # it stops the way it documents, removing its files
-        emulator.communicate(timeout=60)
 
 
 def _measure(backend: str, size_mb: int) -> dict[str, Any]:

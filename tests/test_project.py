@@ -13,6 +13,7 @@ import pytest
 from mini.project import (
     atomic_file,
     atomic_write,
+    atomic_writes,
     exclusive_lock,
     find_project_root,
     state_dir,
@@ -35,6 +36,30 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporary_file(tmp_path
     atomic_write(path, json.dumps({"v": 2}).encode(), durable=False)
     assert json.loads(path.read_text()) == {"v": 2}
     assert [p.name for p in path.parent.iterdir()] == ["f.json"]
+
+
+def test_atomic_writes_replace_many_files_with_one_sync(tmp_path, monkeypatch):
+    import os
+
+    syncs = []
+    monkeypatch.setattr(os, "sync", lambda: syncs.append(1))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "2.json").write_text("old")
+    atomic_writes([(tmp_path / "a" / "1.json", b"one"), (tmp_path / "b" / "2.json", b"two")])
+    assert (tmp_path / "a" / "1.json").read_text() == "one" and (
+        tmp_path / "b" / "2.json"
+    ).read_text() == "two"
+    assert syncs == [1], "one sync for every file, before any replaces its path"
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["1.json", "2.json"]
+
+
+def test_atomic_writes_that_fail_part_way_replace_nothing_and_leave_no_temporary_file(tmp_path):
+    (tmp_path / "kept.json").write_text("old")
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(OSError):
+        atomic_writes([(tmp_path / "kept.json", b"new"), (tmp_path / "a-file" / "x.json", b"never")])
+    assert (tmp_path / "kept.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "kept.json"]
 
 
 def test_atomic_file_writes_in_pieces_and_a_failed_write_leaves_the_old_file(tmp_path):

@@ -18,6 +18,12 @@ def fail(message: str) -> None:
     raise ValueError(message)
 
 
+def fail_on(x: int, bad: tuple[int, ...]) -> int:
+    if x in bad:
+        raise ValueError(f"bad input {x}")
+    return x
+
+
 def _wait_for(path: Path) -> None:
     # The test controls when this call ends by creating `path`; it never returns on its own.
     while not path.exists():

@@ -225,3 +225,25 @@ def test_results_read_by_a_reader_that_stops_early_end_quietly(experiment, proje
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         assert len(piped.stdout.splitlines()) == 2 and piped.stderr == "", piped.stderr
+
+
+def test_status_of_a_large_run_lists_the_calls_not_done_and_all_of_them_when_asked(project):
+    from tests.runs import functions
+    from tests.runs.conftest import make_detached
+
+    with make_detached("local", "large") as app:
+        run = app.spawn_map(functions.fail_on, range(60), kwargs={"bad": (7, 41)})
+    run.wait(timeout=120)
+    shown = mini("status", run.id, cwd=project)
+    assert shown.returncode == 0, shown.stderr
+    assert [row[:2] for row in _call_rows(shown.stdout)] == [["7", "failed"], ["41", "failed"]], shown.stdout
+    assert f"not listed: 58 done (`mini status {run.id} --all` lists every call)" in shown.stdout
+    everything = mini("status", run.id, "--all", cwd=project).stdout
+    assert [row[0] for row in _call_rows(everything)] == [str(index) for index in range(60)]
+    assert "not listed" not in everything
+
+
+def _call_rows(table: str) -> list[list[str]]:
+    """The cells of each call's row in `mini status`'s table."""
+    rows = [[cell.strip() for cell in line.split("│")] for line in table.splitlines() if "│" in line]
+    return [row for row in rows if row[0].isdigit()]

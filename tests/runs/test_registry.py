@@ -181,3 +181,20 @@ def test_a_run_is_active_while_any_call_is_and_then_reports_its_worst_outcome():
     assert run_status([CallState("done"), CallState("cancelled"), CallState("failed")]) == "failed"
     assert run_status([CallState("done"), CallState("cancelled")]) == "cancelled"
     assert run_status([CallState("done")]) == "done"
+
+
+def test_outcomes_stored_in_one_batch_read_back_as_those_stored_one_by_one(project):
+    from mini.serialization import Outcome, dump_result, encode_error
+
+    folder = new_run_folder(project)
+    folder.store_outcome(0, Outcome(0, True, dump_result(1)))
+    summaries = folder.store_outcomes(
+        [Outcome(1, True, dump_result(2)), Outcome(2, False, encode_error(ValueError("boom")))]
+    )
+    assert [summary["ok"] for summary in summaries] == [True, False]
+    assert summaries[1]["error"] == "ValueError: boom"
+    for index in range(3):
+        assert folder.outcome_summary(index) is not None
+        assert folder.load_outcome(index).ok == (index != 2)
+    assert folder.outcome_summary(1)["error"] is None
+    assert folder.outcome_summary(2)["error"] == summaries[1]["error"]

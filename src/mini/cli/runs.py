@@ -23,6 +23,10 @@ from mini.runs.state import CallState, count_statuses, run_status
 _WATCH_INTERVAL = 0.5  # seconds between looks while watching a run
 
 
+# Calls a run's status lists without --all.
+_LISTED = 50
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ls = subparsers.add_parser("ls", help="list this project's detached runs, newest first")
     ls.add_argument("--app", help="only runs launched on this backend (local, modal)")
@@ -31,6 +35,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     status = subparsers.add_parser("status", help="where a run and each of its calls stand")
     status.add_argument("run", metavar="RUN", nargs="?", help="a run id or a unique prefix (default: newest)")
     status.add_argument("--json", action="store_true", help="print the record and states as JSON")
+    status.add_argument(
+        "--all",
+        action="store_true",
+        help=f"list every call (a run of more than {_LISTED} lists only its calls that are not done)",
+    )
 
     results = subparsers.add_parser("results", help="the results of a settled run (or of one call)")
     results.add_argument(
@@ -126,6 +135,7 @@ def _status(args: argparse.Namespace) -> int:
     if record.image_hash:
         print(f"  image {record.image_hash}")
     retried = any(call.attempt > 1 for call in record.calls)
+    listed, left_out = _listed(list(zip(record.calls, states, strict=True)), args.all)
     rows = [
         [
             str(call.index),
@@ -136,11 +146,13 @@ def _status(args: argparse.Namespace) -> int:
             the_run[call.index].backend_id or "",
             state.detail,
         ]
-        for call, state in zip(record.calls, states, strict=True)
+        for call, state in listed
     ]
     if rows:
         header = ["#", "STATUS", *(["ATTEMPT"] if retried else []), "TIME", "ARGS", "ID", "DETAIL"]
         print(render_table(header, rows, indent=2))
+    if left_out:
+        print(f"  not listed: {left_out} (`mini status {record.id} --all` lists every call)")
     for call in record.calls:
         inner = read_inner_calls(the_run.folder, call.index)
         if inner is not None:
@@ -388,6 +400,19 @@ def _select(run_id: str | None, call: int | None) -> tuple[Run[Any], list[Job[An
             )
         return the_run, [the_run[call]], True
     return the_run, list(the_run), len(the_run) == 1
+
+
+def _listed(calls: list[tuple[Any, CallState]], everything: bool) -> tuple[list[tuple[Any, CallState]], str]:
+    """The calls `mini status` lists, and how many (with what status) it leaves out. A large run lists
+    those not done, up to `_LISTED` of them: the ones to look at, and a table a terminal can show (and rich
+    can draw in well under a second)."""
+    if everything or len(calls) <= _LISTED:
+        return calls, ""
+    unfinished = [(call, state) for call, state in calls if state.status != "done"]
+    listed = unfinished[:_LISTED]
+    shown = {call.index for call, _ in listed}
+    left = count_statuses(state for call, state in calls if call.index not in shown)
+    return listed, ", ".join(f"{n:,} {status}" for status, n in left.items() if n)
 
 
 def _status_json(the_run: Run[Any], states: list[CallState]) -> dict[str, Any]:

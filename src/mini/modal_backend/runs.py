@@ -181,11 +181,20 @@ class ModalMonitor(Monitor):
     def states(self, run: RunFolder, calls: Sequence[CallRecord]) -> list[CallState]:
         asked = [(call, self.backend_id(run, call)) for call in calls]
         known = [(call, call_id) for call, call_id in asked if call_id is not None]
-        answers = _loop.wait(self._states(run, known)) if known else {}
+        answers, finished = _loop.wait(self._states(run, known)) if known else ({}, [])
+        # Stored here, off mini's loop, in one batch: a look at a large run that has just finished stores
+        # thousands of outcomes, two syncs to disk in all.
+        outcomes = [_encoded(call, outcome) for call, outcome in finished]
+        for outcome, summary in zip(outcomes, run.store_outcomes(outcomes), strict=True):
+            answers[outcome.index] = _summarised(outcome, summary)
         handing_over = CallState("pending", "being handed over to Modal")
         return [answers.get(call.index, handing_over) for call in calls]
 
-    async def _states(self, run: RunFolder, calls: list[tuple[CallRecord, str]]) -> dict[int, CallState]:
+    async def _states(
+        self, run: RunFolder, calls: list[tuple[CallRecord, str]]
+    ) -> tuple[dict[int, CallState], list[tuple[CallRecord, Outcome]]]:
+        """What Modal says of `calls`: the states of those still unfinished, and the outcomes of the
+        others (to be stored)."""
         from mini.tls import ensure_grpc_trusts_system_ca
 
         ensure_grpc_trusts_system_ca()  # before modal opens its first connection
@@ -208,6 +217,7 @@ class ModalMonitor(Monitor):
             else:
                 states[call.index] = CallState("running", "running on Modal", started=standing.started)
         polled = await on_client_loop(poll_calls([(call_id, call.index) for call, call_id in to_poll]))
+        finished: list[tuple[CallRecord, Outcome]] = []
         for (call, call_id), answer in zip(to_poll, polled, strict=True):
             if isinstance(answer, OutputExpired):
                 states[call.index] = _EXPIRED
@@ -217,8 +227,8 @@ class ModalMonitor(Monitor):
             elif answer is None:
                 states[call.index] = CallState("running", "on Modal, queued or running")
             else:
-                states[call.index] = _settled(run, call, answer)
-        return states
+                finished.append((call, answer))
+        return states, finished
 
     def cancel(self, run: RunFolder, call: CallRecord) -> None:
         # Without an id, Modal holds nothing of this call to stop (unless a launcher is spawning it now).
@@ -256,12 +266,21 @@ _EXPIRED = CallState(
 def _settled(run: RunFolder, call: CallRecord, outcome: Outcome) -> CallState:
     """Store the outcome Modal gave for `call` in the run folder (Modal keeps it for a limited time only),
     and say what it was."""
+    encoded = _encoded(call, outcome)
+    run.store_outcome(call.index, encoded)
+    return _summarised(encoded, run.outcome_summary(call.index) or {})
+
+
+def _encoded(call: CallRecord, outcome: Outcome) -> Outcome:
+    """`outcome` as the run folder keeps it: an error Modal raised (not the call) encoded as mini's."""
     if not outcome.ok and isinstance(outcome.data, BaseException):
         from mini.serialization import Outcome, encode_error
 
-        outcome = Outcome(call.index, False, encode_error(outcome.data))
-    run.store_outcome(call.index, outcome)
-    summary = run.outcome_summary(call.index) or {}
+        return Outcome(call.index, False, encode_error(outcome.data))
+    return outcome
+
+
+def _summarised(outcome: Outcome, summary: dict[str, Any]) -> CallState:
     return CallState(
         "done" if outcome.ok else "failed", summary.get("error") or "", finished=summary.get("finished")
     )
