@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench import modal_report
+
 MINI = ("mini thread", "mini process")
 COMPETITORS = ("ThreadPool(2)", "ProcessPool(2)", "joblib loky(2)")
 _COLUMNS = (*MINI, *COMPETITORS, "serial")
@@ -124,6 +126,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 5 / concurrency["times_ideal"],
             )
         )
+    rows += modal_report.targets(results)
     return rows
 
 
@@ -174,22 +177,30 @@ def markdown(results: dict[str, Any]) -> str:
     if "targets" in results:
         lines += ["## Targets (issue 8: LocalApparatus, 2 workers; issue 16: the result cache)", ""]
         lines += ["| target | goal | measured | result |", "|---|---|---|---|"]
-        for row in results["targets"]:
+        for row in [row for row in results["targets"] if not row.get("section")]:
             verdict = "met" if row["met"] else "**missed**"
             if row["factor"] is not None:
                 verdict += f" ({row['factor']:.2f}× the goal)"
             lines.append(f"| {row['target']} | {row['goal']} | {row['measured']} | {verdict} |")
         lines.append("")
-        lines += _why_missed(results["targets"])
+        lines += _why_missed([row for row in results["targets"] if not row.get("section")])
     if "memory" in results:
         lines += _memory_table(results["memory"])
-    if "modal" in results:
-        lines += _modal_table(results["modal"])
+    lines += modal_report.markdown(results)
     if "execution_models" in results:
         lines += _execution_models_table(results["execution_models"])
     if "cache" in results:
         lines += _cache_table(results["cache"])
-    known = {"meta", "local", "closures", "targets", "memory", "modal", "execution_models", "cache"}
+    known = {
+        "meta",
+        "local",
+        "closures",
+        "targets",
+        "memory",
+        "execution_models",
+        "cache",
+        *modal_report.SECTIONS,
+    }
     for section, figures in results.items():
         if section not in known:
             lines += [f"## {section}", ""] + [f"- {key}: {value}" for key, value in figures.items()] + [""]
@@ -348,30 +359,6 @@ def _why_missed(rows: list[dict[str, Any]]) -> list[str]:
             told.add(reason)
             lines.append(f"- {row['target']}: {reason}")
     return ["Where a target was missed, why:", "", *lines, ""] if lines else []
-
-
-def _modal_table(modal: dict[str, Any]) -> list[str]:
-    mapped, run = modal["map"], modal["run"]
-    rpcs = ", ".join(f"{name} {count}" for name, count in mapped["rpcs"].items())
-    lines = ["## ModalApparatus client-side overhead (against the emulator, warm app)", ""]
-    lines += ["| figure | value |", "|---|---|"]
-    lines += [
-        f"| map of {mapped['inputs']:,} trivial inputs: RPCs per input "
-        f"| {mapped['rpcs_per_input']:.3f} ({rpcs}) |",
-        f"| map: bytes sent per input (gRPC messages) | {mapped['bytes_sent_per_input']:.0f} |",
-        f"| map: client CPU per input (all but the emulator) | {mapped['client_cpu_us_per_input']:,.0f} µs |",
-        f"| ↳ of which mini's loop thread | {mapped['mini_loop_cpu_us_per_input']:,.0f} µs |",
-        f"| map: wall time per input (with server and containers) | {mapped['wall_us_per_input']:,.0f} µs |",
-        f"| run, warm: latency (median of {run['calls']}) | {run['latency_ms_median']:.1f} ms |",
-        f"| run: RPCs per call | {run['rpcs_per_call']:.1f} |",
-        f"| first call (image, app, containers; environment cached) | {modal['cold_start_s']:.2f} s |",
-    ]
-    note = (
-        "The emulator serves from a thread of the benchmark process and runs containers as subprocesses: "
-        "client CPU is the process's CPU time less that thread's, so worker execution is not in it. "
-        "Heartbeats and log polling are left out of the RPC counts."
-    )
-    return [*lines, "", note, ""]
 
 
 def _worker_peak(mode: str, figures: dict[str, Any]) -> str:

@@ -153,7 +153,7 @@ def _status(args: argparse.Namespace) -> int:
         print(render_table(header, rows, indent=2))
     if left_out:
         print(f"  not listed: {left_out} (`mini status {record.id} --all` lists every call)")
-    for call in record.calls:
+    for call, _ in listed:
         inner = read_inner_calls(the_run.folder, call.index)
         if inner is not None:
             who = "main(app)" if record.kind == "experiment" else f"call #{call.index}"
