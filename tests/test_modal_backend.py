@@ -108,6 +108,22 @@ def test_a_finished_map_leaves_nothing_of_it_running_in_the_client(app):
         time.sleep(0.05)
 
 
+def test_a_map_keeps_nothing_per_input_once_the_input_settled(app, monkeypatch):
+    from mini.modal_backend import _invocation
+
+    made: list[_invocation.MapInvocation] = []
+    original = _invocation.MapInvocation.__init__
+
+    def recording(self: _invocation.MapInvocation, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        made.append(self)
+
+    monkeypatch.setattr(_invocation.MapInvocation, "__init__", recording)
+    # Watched (progress=True), the map reads its inputs' events: it knows each input by Modal's id.
+    assert list(app.w(progress=True).map(calls.square, range(300))) == [x * x for x in range(300)]
+    assert made[0].by_input_id == {} and made[0]._input_ids == {}, "a long map's memory would grow"
+
+
 def test_lambdas_closures_and_example_package_functions_run(app):
     from experiment.config import TrainConfig
     from experiment.train import train

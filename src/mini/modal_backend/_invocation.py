@@ -134,7 +134,10 @@ class MapInvocation:
         self._retry_policy: api_pb2.FunctionRetryPolicy | None = None
         self._client_retries = False
         self._retry_queue: asyncio.Queue[_Input] = asyncio.Queue()
-        self.by_input_id: dict[str, int] = {}  # Modal's input id -> idx, for the inputs' events
+        # Modal's input id -> idx of each input not settled yet, for the inputs' events; and back.
+        self.by_input_id: dict[str, int] = {}
+        self._input_ids: dict[int, str] = {}
+        self.putting = 0  # requests in flight whose answer names inputs
         self._values_seen = 0  # of a generator call
         self._more_values = asyncio.Event()
 
@@ -194,7 +197,14 @@ class MapInvocation:
         if self._events is not None and self._done.is_set():
             await self._events.stop()  # every outcome is out: no event can concern anyone any more
 
+    def _name(self, index: int, input_id: str) -> None:
+        self.by_input_id[input_id] = index
+        self._input_ids[index] = input_id
+
     def _deliver(self, outcomes: Sequence[Outcome | CallEvent]) -> None:
+        for outcome in outcomes:
+            if type(outcome) is not CallEvent:  # settled: its later events concern no one
+                self.by_input_id.pop(self._input_ids.pop(outcome.index, ""), None)
         if outcomes:
             self._home.call_soon_threadsafe(self._arrived, list(outcomes))
 
@@ -294,14 +304,23 @@ class MapInvocation:
             for item in items:
                 self._inputs[item.idx] = _Input(item.idx, item, retries=self._retry_manager())
             self._unsent -= len(batch)
-            response = await stub.FunctionPutInputs(
-                api_pb2.FunctionPutInputsRequest(
-                    function_id=self._function.object_id, function_call_id=self._started_call_id, inputs=items
-                ),
-                retry=_PUT_RETRY,
-            )
+            self.putting += 1
+            try:
+                response = await stub.FunctionPutInputs(
+                    api_pb2.FunctionPutInputsRequest(
+                        function_id=self._function.object_id,
+                        function_call_id=self._started_call_id,
+                        inputs=items,
+                    ),
+                    retry=_PUT_RETRY,
+                )
+            finally:
+                self.putting -= 1
             for answer in response.inputs:
-                self.by_input_id[answer.input_id] = answer.idx
+                if answer.idx in self._inputs or (
+                    self._events is not None and self._events.holds(answer.idx)
+                ):
+                    self._name(answer.idx, answer.input_id)  # else it settled (without events) meanwhile
                 entry = self._inputs.get(answer.idx)
                 if entry is not None:
                     entry.jwt = answer.input_jwt
@@ -432,18 +451,22 @@ class MapInvocation:
             self._events.follow(self._call_id)
         if response.pipelined_inputs:
             entry.jwt = response.pipelined_inputs[0].input_jwt
-            self.by_input_id[response.pipelined_inputs[0].input_id] = index
+            self._name(index, response.pipelined_inputs[0].input_id)
         else:
-            put = await stub.FunctionPutInputs(
-                api_pb2.FunctionPutInputsRequest(
-                    function_id=self._function.object_id,
-                    function_call_id=self._started_call_id,
-                    inputs=[item],
-                ),
-                retry=_PUT_RETRY,
-            )
+            self.putting += 1
+            try:
+                put = await stub.FunctionPutInputs(
+                    api_pb2.FunctionPutInputsRequest(
+                        function_id=self._function.object_id,
+                        function_call_id=self._started_call_id,
+                        inputs=[item],
+                    ),
+                    retry=_PUT_RETRY,
+                )
+            finally:
+                self.putting -= 1
             entry.jwt = put.inputs[0].input_jwt
-            self.by_input_id[put.inputs[0].input_id] = index
+            self._name(index, put.inputs[0].input_id)
         values = asyncio.ensure_future(self._read_values(index)) if stream else None
         try:
             await self._single_settle(index, item, entry, response, values)
@@ -578,6 +601,10 @@ class _EventReader:
         if self._reader is None and self._partition is not None:
             self._reader = asyncio.ensure_future(self._read())
 
+    def holds(self, index: int) -> bool:
+        """Whether input `index`'s outcome waits here for its events."""
+        return index in self._held
+
     def release(self, settled: list[tuple[Outcome, int]]) -> list[Outcome | CallEvent]:
         ready: list[Outcome | CallEvent] = []
         now = time.monotonic()
@@ -598,14 +625,16 @@ class _EventReader:
             except queue_module.Empty:
                 items = []
             arrived: list[Outcome | CallEvent] = []
-            for input_id, kind, data in [*self._early, *items]:
+            events, self._early = [*self._early, *items], []
+            for input_id, kind, data in events:
                 index = invocation.by_input_id.get(input_id)
                 if index is None:
-                    self._early.append((input_id, kind, data))
+                    # Its id comes with an answer still awaited; otherwise its input has settled.
+                    if invocation.putting:
+                        self._early.append((input_id, kind, data))
                     continue
                 self._received[index] = self._received.get(index, 0) + 1
                 arrived.append(CallEvent(index, kind, data))
-            self._early = [event for event in self._early if event[0] not in invocation.by_input_id]
             arrived.extend(self._due())
             invocation._deliver(arrived)
 

@@ -119,6 +119,7 @@ class ModalDispatch(Dispatch):
         self._started.clear()
 
     async def aclose(self) -> None:
+        self._unsent.clear()  # never handed to Modal
         self._outstanding.clear()
         self._started.clear()
         await self._invocation.aclose()
