@@ -121,6 +121,7 @@ class MapInvocation:
         self._finished = False
         self._closed = False
         self._task: asyncio.Future[None] | None = None
+        self._failure: BaseException | None = None
         # On mini's loop: the inputs put whose outcome has not been handed over yet.
         self._unsettled: set[int] = set()
         self._all_put = False
@@ -170,6 +171,9 @@ class MapInvocation:
     def _accept(self, calls: list[tuple[int, bytes]], last: bool) -> None:
         if self._closed:
             return
+        if self._failure is not None:  # the map's connection failed: so does every input put after
+            self._deliver([Outcome(index, False, self._failure) for index, _ in calls])
+            calls = []
         self._pending.extend(calls)
         self._unsent += len(calls)
         self._finished = self._finished or last
@@ -179,7 +183,8 @@ class MapInvocation:
         self._check_done()
 
     def _check_done(self) -> None:
-        if self._finished and not self._unsent and not self._inputs:
+        holding = self._events is not None and self._events.holding
+        if self._finished and not self._unsent and not self._inputs and not holding:
             self._done.set()
 
     async def _run(self) -> None:
@@ -194,7 +199,8 @@ class MapInvocation:
             raise
         except BaseException as error:  # the whole map failed: no outcome may be lost
             self._fail_outstanding(error)
-        if self._events is not None and self._done.is_set():
+        if self._events is not None:
+            await self._done.wait()  # an outcome held for its input's events is handed on by the reader
             await self._events.stop()  # every outcome is out: no event can concern anyone any more
 
     def _name(self, index: int, input_id: str) -> None:
@@ -216,7 +222,7 @@ class MapInvocation:
             self._deliver(self._events.release([(outcome, events) for outcome, events in decoded]))
 
     def _fail_outstanding(self, error: BaseException) -> None:
-        failure = _whole_map_error(error)
+        self._failure = failure = _whole_map_error(error)
         indices = [entry.index for entry in self._inputs.values()] + [index for index, _ in self._pending]
         self._inputs.clear()
         self._pending.clear()
@@ -601,6 +607,11 @@ class _EventReader:
         if self._reader is None and self._partition is not None:
             self._reader = asyncio.ensure_future(self._read())
 
+    @property
+    def holding(self) -> bool:
+        """Whether an outcome waits here for its input's events."""
+        return bool(self._held)
+
     def holds(self, index: int) -> bool:
         """Whether input `index`'s outcome waits here for its events."""
         return index in self._held
@@ -637,6 +648,7 @@ class _EventReader:
                 arrived.append(CallEvent(index, kind, data))
             arrived.extend(self._due())
             invocation._deliver(arrived)
+            invocation._check_done()  # the last outcomes may have waited for their events here
 
     def _due(self) -> list[Outcome]:
         now = time.monotonic()
