@@ -84,3 +84,48 @@ def test_cache_targets_judge_met_and_missed() -> None:
     verdicts = {row["target"]: (row["met"], round(row["factor"], 2)) for row in targets({"cache": cached})}
     assert verdicts["(cache) fully cached map of 10,000 trivial calls"] == (True, 1.5)
     assert verdicts["(cache) a miss on a process-mode map of 10,000 trivial calls"] == (False, 0.91)
+
+
+def test_modal_targets_are_judged_against_raw_modal_measured_beside_them() -> None:
+    def subject(cpu: float, rpcs: float, sent: float) -> dict[str, float]:
+        return {"client_cpu_us_per_input": cpu, "rpcs_per_input": rpcs, "bytes_sent_per_input": sent}
+
+    def run(latency: float, rpcs: float) -> dict[str, float]:
+        return {"latency_ms_median": latency, "rpcs_per_call": rpcs}
+
+    modal = {
+        "map": {"inputs": 5000, "mini": subject(300, 0.2, 100), "raw modal": subject(1000, 0.8, 90)},
+        "run": {"calls": 40, "mini": run(6.0, 2.0), "raw modal": run(4.0, 2.0)},
+    }
+    looks = {
+        name: {"seconds": seconds}
+        for name, seconds in [("running", 1.0), ("finished, first look", 9.0), ("again", 0.3)]
+    }
+    results = {
+        "modal": modal,
+        "modal_memory": {
+            "mini": {"inputs": 100_000, "growth_mb": 0.3, "flat": True},
+            "raw modal": {"growth_mb": 81.0},
+        },
+        "modal_status": {"calls": 10_000, "goal_s": 5.0, "looks": looks},
+    }
+    verdicts = {row["target"]: row["met"] for row in targets(results) if row.get("section") == "modal"}
+    assert verdicts == {
+        "5,000-input map: client CPU per input vs raw modal's": True,
+        "5,000-input map: RPCs per input vs raw modal's": True,
+        "5,000-input map: bytes sent per input vs raw modal's": False,
+        "warm `run` latency vs `f.remote`": False,
+        "warm `run`: RPCs per call": True,
+        "client memory over a 100,000-input generator": True,
+        "status: a look at 10,000 calls while they are queued or running": True,
+        "status: a look at 10,000 calls that have all just finished": False,
+        "status: a look at 10,000 calls again, all settled": True,
+    }
+
+
+def test_quick_modal_run_measures_mini_and_raw_modal_side_by_side(tmp_path: Path) -> None:
+    results = main(["--quick", "--only", "modal", "--out", str(tmp_path)])["modal"]
+    for name in ("mini", "raw modal"):
+        assert results["map"][name]["rpcs_per_input"] > 0 and results["run"][name]["rpcs_per_call"] > 0
+    assert results["run"]["mini"]["rpcs_per_call"] == 2.0
+    assert "## Modal: mini against raw modal (issue 19)" in (tmp_path / "results.md").read_text()
