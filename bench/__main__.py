@@ -25,6 +25,7 @@ from bench import (
     modal_overhead,
     modal_status,
     report,
+    reports,
     volumes,
     workloads,
 )
@@ -43,6 +44,7 @@ SECTIONS: list[tuple[str, Callable[[Sizes], dict[str, Any]]]] = [
     ("volumes", volumes.run),
     ("execution_models", execution_models.run),
     ("cache", cache.run),
+    ("reports", reports.run),
 ]
 
 

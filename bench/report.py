@@ -127,6 +127,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     rows += modal_report.targets(results)
+    reports = results.get("reports")
+    if reports:
+        for backend, figures in reports["backends"].items():
+            rows.append(
+                _row(
+                    f"reports: {reports['steps']:,} in a loop of {reports['step_us']:.0f} µs steps, "
+                    f"{backend}",
+                    "≤ 1.05× without",
+                    f"{figures['slowdown']:.3f}× ({figures['report_us']:.1f} µs a report; rounds "
+                    f"{figures['slowdown_range'][0]:.3f}–{figures['slowdown_range'][1]:.3f}×)",
+                    1.05 / figures["slowdown"],
+                )
+            )
     return rows
 
 
@@ -191,6 +204,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _execution_models_table(results["execution_models"])
     if "cache" in results:
         lines += _cache_table(results["cache"])
+    if "reports" in results:
+        lines += _reports_table(results["reports"])
     known = {
         "meta",
         "local",
@@ -200,6 +215,7 @@ def markdown(results: dict[str, Any]) -> str:
         "execution_models",
         "cache",
         *modal_report.SECTIONS,
+        "reports",
     }
     for section, figures in results.items():
         if section not in known:
@@ -239,6 +255,36 @@ def _execution_models_table(figures: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {backend} | {c['calls']} × {c['wait_ms']:g} ms | {c['concurrent_inputs']} | "
             f"{c['seconds']:.2f} | {c['times_ideal']:.1f}× |"
+        )
+    return [*lines, ""]
+
+
+def _reports_table(figures: dict[str, Any]) -> list[str]:
+    lines = ["## Live reports: the reporting call and its caller", ""]
+    lines += [
+        f"One call of {figures['steps']:,} steps of {figures['step_us']:.0f} µs of Python each, timed inside "
+        "the call; with reports, `mini.report(step=i, loss=...)` after every step. Judged on the CPU time "
+        "of the call's process (the loop's thread and the one sending its reports), which other processes' "
+        "load leaves alone; wall times beside it. Caller CPU: this process's, less the same call without "
+        "reports (the emulator runs in a process of its own).",
+        "",
+        "| backend | CPU without reports | CPU with reports | slower | per report | wall without → with | "
+        "caller CPU | reports arrived (+ coalesced) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for backend, f in figures["backends"].items():
+        if "caller_cpu_s" in f:
+            caller = f"{f['caller_cpu_s'] * 1000:.0f} ms"
+            arrived = f"{f['reports_received']:,} (+{f['reports_coalesced']:,})"
+        else:
+            caller = "(none: kept in the run folder)"
+            arrived = (
+                f"{f['reports_kept']:,} kept (+{f['reports_coalesced']:,}), {f['events_file_kb']:.0f} KiB"
+            )
+        lines.append(
+            f"| {backend} | {f['without_reports_cpu_s']:.3f} s | {f['with_reports_cpu_s']:.3f} s | "
+            f"{(f['slowdown'] - 1) * 100:+.1f} % | {f['report_us']:.1f} µs | "
+            f"{f['without_reports_s']:.3f} s → {f['with_reports_s']:.3f} s | {caller} | {arrived} |"
         )
     return [*lines, ""]
 

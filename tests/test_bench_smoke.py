@@ -129,3 +129,16 @@ def test_quick_modal_run_measures_mini_and_raw_modal_side_by_side(tmp_path: Path
         assert results["map"][name]["rpcs_per_input"] > 0 and results["run"][name]["rpcs_per_call"] > 0
     assert results["run"]["mini"]["rpcs_per_call"] == 2.0
     assert "## Modal: mini against raw modal (issue 19)" in (tmp_path / "results.md").read_text()
+
+
+def test_quick_reports_run_counts_every_report_on_each_backend(tmp_path: Path) -> None:
+    results = main(["--quick", "--only", "reports", "--out", str(tmp_path)])["reports"]
+    steps = results["steps"]
+    assert set(results["backends"]) == {"process", "detached local", "modal (emulator)"}
+    for backend, figures in results["backends"].items():
+        assert figures["without_reports_s"] > 0 and figures["with_reports_s"] > 0, backend
+        arrived = figures.get("reports_received", figures.get("reports_kept"))
+        assert arrived + figures["reports_coalesced"] == steps, f"{backend}: every report arrived or counted"
+    table = (tmp_path / "results.md").read_text()
+    assert "## Live reports: the reporting call and its caller" in table
+    assert f"reports: {steps:,} in a loop of" in table

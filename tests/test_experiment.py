@@ -75,6 +75,15 @@ def test_sweep_runs_in_a_worker_process():
     _assert_learned(result, config)
 
 
+def test_training_reports_its_step_and_loss_every_100_steps():
+    (config,) = grid(learning_rates=[5e-2], widths=[8], steps=250)
+    seen = []
+    with LocalApparatus("experiment-test").w(on_report=seen.append) as app:
+        result = app.run(train, config)
+    assert [report.metrics["step"] for report in seen] == [100, 200, 250]
+    assert [report.metrics["loss"] for report in seen] == [result["losses"][i] for i in (99, 199, 249)]
+
+
 def test_plot_writes_a_png_that_matplotlib_reads_back(results, tmp_path):
     path = tmp_path / "curves.png"
     plot(results, path)

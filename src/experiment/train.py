@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import mini
 from experiment import model
 from experiment.adam import AdamState, adam_init, adam_update
 from experiment.config import TrainConfig
@@ -20,6 +21,7 @@ from experiment.data import training_set
 if TYPE_CHECKING:
     from mini import Volume
 
+REPORT_EVERY = 100  # steps between two reports of the step reached and its loss
 _TRAIN_POINTS = 1024
 _TEST_POINTS = 1024
 
@@ -31,6 +33,9 @@ def train(config: TrainConfig, runs: Volume | None = None) -> dict[str, Any]:
     across any backend: the config's fields, `final_loss` (training loss at the last step), `accuracy` (on
     held-out points), `wall_time_s` (including JIT compilation), `device` (where JAX ran it, e.g. `"cpu"` or
     `"gpu (NVIDIA A100-SXM4-40GB)"`) and `losses` (the training loss at every step).
+
+    While it trains, it reports the step reached and the training loss there every 100 steps
+    (`mini.report(step=..., loss=...)`), which the caller sees live and a detached run keeps.
 
     With `runs`, a `mini.Volume`, the trained parameters (`params.npz`), the loss curve (`losses.json`) and
     the rest of the result (`summary.json`) are written to its folder `config.name`, where the call runs,
@@ -73,12 +78,28 @@ def train(config: TrainConfig, runs: Volume | None = None) -> dict[str, Any]:
     return summary
 
 
-@functools.partial(jax.jit, static_argnames="steps")
 def _fit(
     params: model.Params, x: jax.Array, y: jax.Array, learning_rate: float, steps: int
 ) -> tuple[model.Params, jax.Array]:
-    # One compiled loop over all steps: a Python loop would pay dispatch overhead on every step, which
-    # dominates for a network this small. The learning rate is traced, so a sweep over it compiles once.
+    """Train for `steps` steps, `REPORT_EVERY` at a time, reporting the step reached and its loss after
+    each stretch (`mini.report`: seen live by the caller, kept with a detached run, nothing elsewhere)."""
+    state = adam_init(params)
+    curves = []
+    for start in range(0, steps, REPORT_EVERY):
+        stretch = min(REPORT_EVERY, steps - start)
+        params, state, losses = _stretch(params, state, x, y, learning_rate, stretch)
+        curves.append(losses)
+        mini.report(step=start + stretch, loss=float(losses[-1]))
+    return params, jnp.concatenate(curves)
+
+
+@functools.partial(jax.jit, static_argnames="steps")
+def _stretch(
+    params: model.Params, state: AdamState, x: jax.Array, y: jax.Array, learning_rate: float, steps: int
+) -> tuple[model.Params, AdamState, jax.Array]:
+    # One compiled loop over a stretch of steps: a Python loop would pay dispatch overhead on every step,
+    # which dominates for a network this small. The learning rate is traced, so a sweep over it compiles
+    # once (twice when the last stretch is shorter).
     def step(
         carry: tuple[model.Params, AdamState], _: None
     ) -> tuple[tuple[model.Params, AdamState], jax.Array]:
@@ -87,8 +108,8 @@ def _fit(
         params, state = adam_update(params, grads, state, learning_rate)
         return (params, state), loss
 
-    (params, _), losses = jax.lax.scan(step, (params, adam_init(params)), length=steps)
-    return params, losses
+    (params, state), losses = jax.lax.scan(step, (params, state), length=steps)
+    return params, state, losses
 
 
 def _device_name(device: jax.Device) -> str:

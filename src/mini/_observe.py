@@ -1,22 +1,45 @@
 """What the caller does with the events of running calls (see `mini.dispatch.CallEvent`): where each call
 runs, its reports (to `on_report`, in order, and to the live display), its printed lines (shown with the
 call's index). One `CallObserver` per map or stream, fed on mini's loop.
+
+Code that wants every report of every map in this process, such as the process driving a detached
+experiment, which keeps the reports of the calls its main(app) makes, listens:
+
+    with listening(lambda map_id, report: print(map_id, report.index, report.metrics)):
+        app.map(train, configs)
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import sys
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from queue import SimpleQueue
-from typing import Any
 
 from mini._loop import Signal
 from mini.dispatch import CallEvent
-from mini.reports import Placement, Report
+from mini.reports import Placement, Report, describe
 
 OnReport = Callable[[Report], None]
+Listener = Callable[[int, Report], None]  # (the map's id within this process, one of its reports)
+
+_listeners: list[Listener] = []
+_ids = itertools.count()
+
+
+@contextlib.contextmanager
+def listening(listener: Listener) -> Iterator[None]:
+    """Tell `listener` of every report of every map in this process, for the duration of the block.
+
+    It is called on mini's loop, in each call's order: keep it quick and thread-safe.
+    """
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
 
 
 class CallObserver:
@@ -24,6 +47,7 @@ class CallObserver:
     slow callback delays neither the map nor mini's loop, and sees each call's reports in order."""
 
     def __init__(self, on_report: OnReport | None) -> None:
+        self._id = next(_ids)
         self.placements: dict[int, Placement] = {}
         self.latest: dict[int, Report] = {}  # the last report of each call still running
         self._on_report = on_report
@@ -40,6 +64,8 @@ class CallObserver:
             self.latest[index] = report
             if self._on_report is not None:
                 self._deliver(report)
+            for listener in list(_listeners):
+                listener(self._id, report)
         elif kind == "output":
             stream, text = event.data
             target = sys.stderr if stream == "stderr" else sys.stdout
@@ -90,23 +116,3 @@ class CallObserver:
         if self._queue is not None:
             self._queue.put(None)
             self._queue = None
-
-
-def describe(report: Report | None, placement: Placement | None) -> str:
-    """A running call in one line: its latest metrics, where it runs and for how long."""
-    parts = []
-    if report is not None:
-        parts.append(" ".join(f"{key}={_short(value)}" for key, value in report.metrics.items()))
-    if placement is not None:
-        parts.append(placement.describe())
-        parts.append(_elapsed(time.time() - placement.started))
-    return " · ".join(parts)
-
-
-def _elapsed(seconds: float) -> str:
-    minutes, seconds = divmod(max(int(seconds), 0), 60)
-    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

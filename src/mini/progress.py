@@ -35,6 +35,8 @@ class Counts:
     cancelled: int = 0
     finished: bool = False
     cached: int = 0
+    # The running calls worth a line of their own: (index, what they last reported, where, for how long).
+    calls: tuple[tuple[int, str], ...] = ()
 
     @property
     def queued(self) -> int:
@@ -95,7 +97,15 @@ class Progress:
         """New counts; `calls`: the running calls worth a line of their own under the bar, as
         (index, what they last reported and where they run)."""
         counts = Counts(
-            self._label, self._total, submitted, running, done, failed, finished=finished, cached=cached
+            self._label,
+            self._total,
+            submitted,
+            running,
+            done,
+            failed,
+            finished=finished,
+            cached=cached,
+            calls=tuple(calls),
         )
         self._tell(counts)
         if self._bar is None:

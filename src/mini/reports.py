@@ -80,6 +80,9 @@ def report(**metrics: Any) -> None:
 
 
 def _checked(key: str, value: Any) -> float | int | str:
+    kind = type(value)
+    if kind is float or kind is int:  # the common case, before the slower checks of numbers' ABCs
+        return value
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, numbers.Integral):
@@ -155,3 +158,23 @@ def _visible(names: tuple[str, ...]) -> tuple[str, ...]:
     if len(indices) != len([part for part in chosen.split(",") if part.strip()]):
         return names  # GPU UUIDs: not worth resolving for a display
     return tuple(names[i] for i in indices if i < len(names))
+
+
+def describe(report: Report | None, placement: Placement | None) -> str:
+    """A running call in one line: its latest metrics, where it runs and for how long."""
+    parts = []
+    if report is not None:
+        parts.append(" ".join(f"{key}={_short(value)}" for key, value in report.metrics.items()))
+    if placement is not None:
+        parts.append(placement.describe())
+        parts.append(_elapsed(time.time() - placement.started))
+    return " · ".join(parts)
+
+
+def _elapsed(seconds: float) -> str:
+    minutes, seconds = divmod(max(int(seconds), 0), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -112,17 +112,8 @@ class Emulator:
         modal reads its config file once, at import: the loaded file contents are swapped for the
         emulator's empty one too, and modal's cached client is dropped so the next call connects here.
         """
-        import modal.config
-
-        saved_config = (modal.config._user_config, modal.config.user_config_path)
-        with applied(self.client_variables(**tokens)):
-            modal.config._user_config, modal.config.user_config_path = {}, str(self._config_path)
-            _drop_cached_client()
-            try:
-                yield
-            finally:
-                modal.config._user_config, modal.config.user_config_path = saved_config
-                _drop_cached_client()
+        with client_environment(self.client_variables(**tokens)):
+            yield
 
     def add_secret(self, name: str, env: dict[str, str]) -> None:
         """Make `modal.Secret.from_name(name)` resolve to `env` (Modal's named secrets live server-side)."""
@@ -208,6 +199,24 @@ class Emulator:
             or metadata.get("x-modal-token-secret") != TOKEN_SECRET
         ):
             raise GRPCError(Status.UNAUTHENTICATED, INVALID_TOKEN_MESSAGE)
+
+
+@contextlib.contextmanager
+def client_environment(variables: dict[str, str]) -> Iterator[None]:
+    """Point this process's modal client at the emulator `variables` name (its `client_variables()`, or
+    the `export` lines `python -m tests.emulator` prints) for the block, as `Emulator.client_environment`
+    does; restore everything after."""
+    import modal.config
+
+    saved_config = (modal.config._user_config, modal.config.user_config_path)
+    with applied(variables):
+        modal.config._user_config, modal.config.user_config_path = {}, variables["MODAL_CONFIG_PATH"]
+        _drop_cached_client()
+        try:
+            yield
+        finally:
+            modal.config._user_config, modal.config.user_config_path = saved_config
+            _drop_cached_client()
 
 
 def _drop_cached_client() -> None:

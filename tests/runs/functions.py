@@ -81,3 +81,54 @@ def until_fixed(how: str, folder: str) -> str:
         os._exit(3)
     _wait_for(Path(folder, "fixed"))
     return how
+
+
+def report_steps(x: int, steps: int, release: str | None = None) -> int:
+    """Report `step` and `loss` and print a line for each step; with `release`, wait for that file after
+    the first step (the test lets it go once it has seen that step from another process)."""
+    import mini
+
+    for step in range(steps):
+        mini.report(step=step * 10, loss=1.0 / (step + 1 + x))
+        print(f"call {x} step {step}", flush=True)
+        if step == 0 and release is not None:
+            _wait_for(Path(release))
+    return x
+
+
+def report_then_fail_first_time(marker: str) -> str:
+    """Report once per attempt; the first attempt then fails."""
+    import mini
+
+    path = Path(marker)
+    mini.report(first=int(not path.exists()))
+    if not path.exists():
+        path.write_text("failed once")
+        raise RuntimeError("first attempt fails")
+    return "second attempt"
+
+
+def report_many(n: int) -> int:
+    """Report `n` times in a tight loop."""
+    import mini
+
+    for i in range(n):
+        mini.report(i=i)
+    return n
+
+
+def print_then_fail(message: str) -> None:
+    print("about to fail", flush=True)
+    raise ValueError(message)
+
+
+def report_until_fixed(folder: str) -> str:
+    """Report which launch this is (`fixed` once `folder/fixed` exists), then fail until it does."""
+    import mini
+
+    fixed = Path(folder, "fixed").exists()
+    mini.report(fixed=int(fixed))
+    print(f"fixed={int(fixed)}", flush=True)
+    if not fixed:
+        raise ValueError("not fixed yet")
+    return "fixed"

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,17 @@ EXPERIMENT = textwrap.dedent(
         print("squaring", x, flush=True)
         return x * x
 
+    def report_and_hold(x):
+        import mini, time
+
+        mini.report(step=1, x=x)
+        while not Path(os.environ["HOLD_REPORTING"]).exists():
+            time.sleep(0.02)
+        return x
+
     def main(app):
+        if os.environ.get("HOLD_REPORTING"):  # calls that report, then wait for a test to have seen it
+            return list(app.map(report_and_hold, range(2)))
         if os.environ.get("HOLD"):  # lets a test see the run while it is still going
             while not Path(os.environ["HOLD"]).exists():
                 import time; time.sleep(0.02)
@@ -182,6 +193,7 @@ def test_the_calls_an_experiment_makes_show_under_its_run_as_they_go(experiment,
 
     first_map = {"maps": 1, "active": 0, "queued": 0, "running": 0, "done": 4, "failed": 0, "cancelled": 0}
     first_map["cached"] = 0
+    first_map["lines"] = []  # no call of it runs any more
     wait_until(lambda: status()["calls"][0]["inner_calls"] == {**first_map, "made": 4}, what="the first map")
     assert status()["status"] == "running", "counted while main(app) is still going"
     text = mini("status", run_id, cwd=project).stdout
@@ -195,6 +207,48 @@ def test_the_calls_an_experiment_makes_show_under_its_run_as_they_go(experiment,
         "main(app) made 6 calls (done 6 · running 0 · queued 0 · failed 0) in 3 maps"
     )
     assert json.loads(mini("results", run_id, "--json", cwd=project).stdout)[1] == {"x": 1, "y": 1}
+
+
+def test_watch_shows_what_the_running_calls_of_an_experiment_report(experiment, project, tmp_path):
+    release = tmp_path / "release"
+    run_id = mini("run", experiment.name, "--detach", cwd=project, HOLD_REPORTING=str(release)).stdout.strip()
+    watch = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mini"), "watch", run_id],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(watch.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        wait_until(
+            lambda: all(any(line.startswith(f"  #{x} step=1 x={x}") for line in lines) for x in (0, 1)),
+            what="mini watch to show the metrics of main(app)'s running calls",
+        )
+    finally:
+        release.touch()
+        assert watch.wait(timeout=120) == 0
+        reader.join(timeout=10)
+
+
+def test_the_reports_of_an_experiments_calls_are_kept_with_its_run_and_plotted(experiment, project, tmp_path):
+    released = tmp_path / "released"
+    released.touch()
+    run_id = mini(
+        "run", experiment.name, "--detach", cwd=project, HOLD_REPORTING=str(released)
+    ).stdout.strip()
+    assert mini("watch", run_id, cwd=project).returncode == 0
+    from mini.runs import Run
+
+    history = Run.open(run_id).histories()[0]
+    assert sorted(history.series) == [(1, 0), (1, 1)], "the map's two calls, each its own series"
+    assert sorted((r.index, r.metrics["x"]) for r in Run.open(run_id).reports()) == [(0, 0), (1, 1)]
+    assert all(r.placement is not None for r in history.reports)
+    drawn = mini("plot", run_id, "--metric", "x", "-o", "x.png", cwd=project)
+    assert drawn.returncode == 0, drawn.stderr
+    assert (project / "x.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_a_detached_experiment_ended_by_a_thread_mode_call_says_which_mode_to_use(experiment, project):

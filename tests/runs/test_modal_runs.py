@@ -104,7 +104,10 @@ def test_fetched_outcomes_are_kept_locally_and_questions_create_nothing_on_modal
     assert asked["FunctionCallFetch"] == 1 and not asked["FunctionGetOutputs"], (
         f"one listing answers for the run's calls while they run: {dict(asked)}"
     )
-    assert set(asked) <= {"ClientHello", "FunctionCallFetch"}, f"questions created something: {asked}"
+    # `logs` reads the run's Dict: looked up by name (without creating it), each call's next entry asked for.
+    assert set(asked) <= {"ClientHello", "FunctionCallFetch", "DictGetOrCreate", "DictGet"}, (
+        f"questions created something: {asked}"
+    )
 
     release.touch()
     assert mini("watch", run_id, cwd=modal_project, env=env).returncode == 0
@@ -171,9 +174,18 @@ def test_a_failed_call_reports_its_traceback_and_where_its_logs_are(modal_projec
     env = client_env(modal_emulator)
     logs = mini("logs", job.id, cwd=modal_project, env=env).stdout
     app_id = json.loads((job.run.folder.path / "modal.json").read_text())["app_id"]
-    assert "logs: see the Modal dashboard" in logs and f"`bin/modal app logs {app_id}`" in logs
+    assert logs.startswith("(nothing printed yet;") and f"`bin/modal app logs {app_id}`" in logs
     assert job.backend_id in logs and "fail-" in logs, "names the call and the dashboard's function name"
     assert "raise ValueError(message)" in logs and "ValueError: boom" in logs
+
+
+def test_what_a_call_printed_before_it_failed_comes_before_its_traceback(modal_project, modal_emulator):
+    with make_detached("modal", "failing") as app:
+        job = app.spawn(functions.print_then_fail, "boom")
+    assert isinstance(job.exception(timeout=60), ValueError)
+    logs = mini("logs", job.id, cwd=modal_project, env=client_env(modal_emulator)).stdout
+    assert logs.startswith("about to fail\nTraceback"), logs
+    assert logs.rstrip().endswith("ValueError: boom")
 
 
 def test_a_rejected_token_when_asking_gets_one_clear_line(modal_project, modal_emulator, tmp_path):

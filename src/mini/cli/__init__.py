@@ -17,7 +17,7 @@ _MODULES = {
     "doctor": "mini.cli.doctor",
     "auth": "mini.cli.auth",
     "cache": "mini.cli.cache",
-    **dict.fromkeys(("ls", "status", "results", "logs", "cancel", "retry", "watch"), "mini.cli.runs"),
+    **dict.fromkeys(("ls", "status", "results", "logs", "cancel", "retry", "watch", "plot"), "mini.cli.runs"),
 }
 
 

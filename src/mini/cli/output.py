@@ -4,7 +4,7 @@
 print(render_result([{"lr": 0.1, "loss": 0.25}]))     # records become a table
 print(render_table(["RUN", "STATUS"], [["20261123-170102-a3f9", "done"]]))
 with live_progress("20261123-170102-a3f9") as show:
-    show(3, 8, "running 2")                           # 3 of 8 done
+    show(3, 8, "running 2", [("#4", "step=100 loss=0.31")])   # 3 of 8 done, a line for call 4
 """
 
 from __future__ import annotations
@@ -37,17 +37,23 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: i
     return _render(Padding(table, (0, 0, 0, indent)) if indent else table, _table_width())
 
 
+Show = Callable[[int, "int | None", str, Sequence[tuple[str, str]]], None]
+
+
 @contextlib.contextmanager
-def live_progress(label: str) -> Iterator[Callable[[int, int | None, str], None]]:
+def live_progress(label: str, **options: Any) -> Iterator[Show]:
     """A progress bar on the terminal while the block runs (the one a map draws, `mini.progress.rich_bar`).
-    The block redraws it with `show(completed, total, text)`; a total of None draws a bar of unknown length.
+    The block redraws it with `show(completed, total, text, calls)`; a total of None draws a bar of unknown
+    length; `calls` are lines under the bar, one per running call: (label, what it says). `options` go to
+    the bar (a `console`, ...).
     """
     from mini.progress import rich_bar
 
-    with rich_bar() as bar:
+    with rich_bar(**options) as bar:
         task = bar.add_task(label, total=None, counts="")
 
-        def show(completed: int, total: int | None, text: str) -> None:
+        def show(completed: int, total: int | None, text: str, calls: Sequence[tuple[str, str]] = ()) -> None:
+            bar.calls = list(calls)
             bar.update(task, completed=completed, total=total, counts=text)
 
         yield show

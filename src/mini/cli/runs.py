@@ -1,4 +1,5 @@
-"""`mini ls|status|results|logs|cancel|retry|watch`: questions about detached runs, and `mini run --detach`.
+"""`mini ls|status|results|logs|cancel|retry|watch|plot`: questions about detached runs, and `mini run
+--detach`.
 
 Every verb here reads the run registry of the project (`bin/mini`'s, `--project DIR`, or the working
 directory's). The read-only ones load no backend and build nothing: they read files (and, for a remote
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -17,6 +19,7 @@ from typing import Any
 
 from mini.cli.output import live_progress, render_table
 from mini.runs import Job, Run, RunError
+from mini.runs.events import RunEvents
 from mini.runs.inner_calls import read_inner_calls
 from mini.runs.state import CallState, count_statuses, run_status
 
@@ -48,9 +51,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     results.add_argument("call", metavar="CALL", nargs="?", type=int, help="only this call's result")
     results.add_argument("--json", action="store_true", help="print the results as JSON")
 
-    logs = subparsers.add_parser("logs", help="what a run's calls printed")
+    logs = subparsers.add_parser(
+        "logs", help="what a run's calls printed (each line prefixed [INDEX], unless one call is named)"
+    )
     logs.add_argument("run", metavar="RUN", help="a run id, or RUN/INDEX for one call")
     logs.add_argument("call", metavar="CALL", nargs="?", type=int, help="only this call's output")
+    logs.add_argument("--call", dest="call_option", metavar="N", type=int, help="only call N's output")
+
+    plot = subparsers.add_parser("plot", help="draw each call's curve of a reported metric to a PNG")
+    plot.add_argument("run", metavar="RUN", help="a run id or a unique prefix")
+    plot.add_argument("--metric", required=True, help="the metric to draw, as the calls reported it (loss)")
+    plot.add_argument(
+        "-o", "--output", metavar="PNG", help="where to write the image (default: RUN-METRIC.png here)"
+    )
 
     cancel = subparsers.add_parser("cancel", help="stop a run's calls that have not finished")
     cancel.add_argument("run", metavar="RUN", help="a run id, or RUN/INDEX for one call")
@@ -66,7 +79,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     watch.add_argument("run", metavar="RUN", help="a run id or a unique prefix")
 
-    for parser in (ls, status, results, logs, cancel, retry):
+    for parser in (ls, status, results, logs, cancel, retry, plot):
         parser.set_defaults(handler=run)
     return watch
 
@@ -206,12 +219,18 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    the_run, jobs, single = _select(args.run, args.call)
+    if args.call is not None and args.call_option is not None and args.call != args.call_option:
+        from mini.cli.failures import UsageError
+
+        raise UsageError(f"two different calls named ({args.call} and --call {args.call_option}): name one.")
+    the_run, jobs, single = _select(args.run, args.call if args.call is not None else args.call_option)
     for job in jobs:
         text = job.logs()
-        if not single:
-            print(f"── {job.id} ({job.record.args}) ──")
-        print(text, end="" if text.endswith("\n") or not text else "\n")
+        if single:
+            print(text, end="" if text.endswith("\n") or not text else "\n")
+        else:
+            for line in text.splitlines():
+                print(f"[{job.index}] {line}")
     record = the_run.record
     if record.kind == "experiment" and record.backend == "modal":
         print(
@@ -219,6 +238,14 @@ def _logs(args: argparse.Namespace) -> int:
             f"mini-{record.apparatus}, whose output Modal keeps: `bin/modal app list` shows the app's id, "
             "`bin/modal app logs APP_ID` its output)"
         )
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from mini.runs.plotting import plot_metric
+
+    the_run = _open_run(args.run)
+    print(plot_metric(the_run, args.metric, args.output))
     return 0
 
 
@@ -258,9 +285,12 @@ def _watch(args: argparse.Namespace) -> int:
     return 0 if all(state.status == "done" for state in states) else 1
 
 
-def _watch_live(the_run: Run[Any]) -> list[CallState]:
-    """A progress bar of the run's calls (for an experiment, of the calls its main(app) makes)."""
-    with live_progress(the_run.id) as show:
+def _watch_live(the_run: Run[Any], **options: Any) -> list[CallState]:
+    """A progress bar of the run's calls (for an experiment, of the calls its main(app) makes), with a line
+    per running call that has reported or started: its latest metrics, where it runs, for how long.
+    `options` go to the bar (`mini.progress.rich_bar`)."""
+    following = RunEvents(the_run)
+    with live_progress(the_run.id, **options) as show:
         while True:
             states = the_run.states()
             settled = sum(state.settled for state in states)
@@ -271,15 +301,18 @@ def _watch_live(the_run: Run[Any]) -> list[CallState]:
                 total = inner.made if inner is not None else None
                 completed = inner.made - inner.queued - inner.running if inner is not None else 0
             text = f"{run_status(states)} · {_counts_text(the_run, states)}"
-            show(completed, total, text)
+            show(completed, total, text, _call_lines(the_run, following, states))
             if settled == len(states):
                 return states
             time.sleep(_WATCH_INTERVAL)
 
 
 def _watch_lines(the_run: Run[Any]) -> list[CallState]:
-    """One line each time the run's counts change: for a log file or a pipe."""
+    """One line each time the run's counts change, and one each time a running call reports: for a log file
+    or a pipe."""
+    following = RunEvents(the_run)
     last = ""
+    said: dict[str, str] = {}
     while True:
         states = the_run.states()
         counts = _counts_text(the_run, states)
@@ -287,10 +320,26 @@ def _watch_lines(the_run: Run[Any]) -> list[CallState]:
         if line != last:
             print(line, flush=True)
             last = line
+        for label, text in _call_lines(the_run, following, states):
+            # What it said and where, not the clock: a call that says nothing new adds no line.
+            what = _CLOCK.sub("", text)
+            if said.get(label) != what:
+                print(f"  {label} {what}", flush=True)
+                said[label] = what
         if all(state.settled for state in states):
             return states
         time.sleep(_WATCH_INTERVAL)
 
+
+def _call_lines(the_run: Run[Any], following: RunEvents, states: list[CallState]) -> list[tuple[str, str]]:
+    """A line per running call that said something; for an experiment, per running call of its main(app)."""
+    if the_run.record.kind == "experiment":
+        inner = read_inner_calls(the_run.folder, 0)
+        return list(inner.lines) if inner is not None and not states[0].settled else []
+    return following.running(states)
+
+
+_CLOCK = re.compile(r" · \d+(m\d\d)?s$")  # how long a call has run, at the end of its line (`describe`)
 
 _HANDLERS = {
     "ls": _ls,
@@ -300,6 +349,7 @@ _HANDLERS = {
     "cancel": _cancel,
     "retry": _retry,
     "watch": _watch,
+    "plot": _plot,
 }
 
 

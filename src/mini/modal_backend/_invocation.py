@@ -57,6 +57,7 @@ from mini.modal_backend._private import (
     should_upload,
     synchronizer,
 )
+from mini.modal_backend.container import unpacked
 from mini.modal_backend.entry import CallFailed
 from mini.serialization import Outcome
 
@@ -636,7 +637,8 @@ class _EventReader:
             except queue_module.Empty:
                 items = []
             arrived: list[Outcome | CallEvent] = []
-            events, self._early = [*self._early, *items], []
+            unpacked_items = [event for item in items for event in unpacked(item)]
+            events, self._early = [*self._early, *unpacked_items], []
             for input_id, kind, data in events:
                 index = invocation.by_input_id.get(input_id)
                 if index is None:

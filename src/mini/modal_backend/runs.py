@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
+import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mini import _loop
 from mini.modal_backend.auth import token_error
 from mini.modal_backend.options import DEFAULT_MAX_CONTAINERS, DEFAULT_TIMEOUT
 from mini.modal_backend.session import readable_name, run_app
-from mini.project import atomic_write
+from mini.project import atomic_write, exclusive_lock
 from mini.runs.errors import RunError
+from mini.runs.events import CallHistory, FollowedCall, to_line
+from mini.runs.events import append as append_events
 from mini.runs.launcher import Launcher
 from mini.runs.monitor import Monitor
 from mini.runs.state import CallState
@@ -39,6 +42,10 @@ if TYPE_CHECKING:
 _APP_FILE = "modal.json"  # the run's detached app and function, for people looking for its logs
 _CALL_ID_FILE = "modal_call_id"  # per call, written as soon as it is spawned (see `_note_spawned`)
 _SPAWNS_IN_FLIGHT = 32  # spawn RPCs at once: a large sweep is handed over quickly without a burst of 1000
+_EVENTS_LOCK = "events.lock"  # per call, held while a process copies its events from the run's Dict
+_RELEASED_FILE = "modal_events_released.json"  # the run's Dict was deleted once these calls were copied
+_MAX_WINDOW = 32  # Dict entries asked for at once per call
+_CALLS_AT_ONCE = 64  # calls copied at once (each holds its lock, an open file, while it is copied)
 
 
 class ModalLauncher(Launcher):
@@ -81,16 +88,38 @@ class ModalLauncher(Launcher):
         return _loop.wait(self._launch(run, fn_blob, calls))
 
     async def _launch(self, run: RunFolder, fn_blob: bytes, calls: Sequence[Call]) -> list[str | None]:
+        from mini.modal_backend.container import RunChannel
+
         # The record names the function `module:qualname`; the dashboard shows its last part, as for a map.
         base = run.record().function.rpartition(":")[2].rpartition(".")[2]
         name = readable_name(base, fn_blob, self._options)
-        app, function = await self._session.new_app(name, fn_blob, self._options)
-        async with contextlib.AsyncExitStack() as stack:
-            await run_app(app, self._options, stack, detach=True)
-            self._session.announce(name, self._options)
-            where = {"app_id": app.app_id, "function": name, "function_id": function.object_id}
-            run.write_file(_APP_FILE, json.dumps(where).encode())
-            return await _spawn_all(function, calls, functools.partial(_note_spawned, run))
+        events = await _create_events_dict(run)
+        spawned: list[int] = []
+
+        def note(index: int, call_id: str) -> None:
+            spawned.append(index)
+            _note_spawned(run, index, call_id)
+
+        try:
+            app, function = await self._session.new_app(
+                name, fn_blob, self._options, queue=RunChannel(events)
+            )
+            async with contextlib.AsyncExitStack() as stack:
+                await run_app(app, self._options, stack, detach=True)
+                self._session.announce(name, self._options)
+                where = {
+                    "app_id": app.app_id,
+                    "function": name,
+                    "function_id": function.object_id,
+                    "events": events,
+                }
+                run.write_file(_APP_FILE, json.dumps(where).encode())
+                return await _spawn_all(function, calls, note)
+        except BaseException:
+            if not spawned:  # no call will ever write there
+                with contextlib.suppress(Exception):
+                    await _delete_events_dict(events, run.id)
+            raise
         # Leaving the block disconnects this client; a detached app keeps running until its calls end.
 
 
@@ -133,6 +162,22 @@ async def _spawn_all(
         raise
 
 
+async def _create_events_dict(run: RunFolder) -> str:
+    """Create the named Dict the run's calls write their events to (`container.RunChannel`); its name.
+
+    Named after the run, plus a random part: run ids are unique within a checkout, Modal names within a
+    workspace that many checkouts share.
+    """
+    from mini.tls import ensure_grpc_trusts_system_ca
+
+    ensure_grpc_trusts_system_ca()  # before modal opens its first connection
+    import modal
+
+    name = f"mini-run-{run.id}-{secrets.token_hex(4)}"
+    await modal.Dict.from_name(name, create_if_missing=True).hydrate.aio()
+    return name
+
+
 def _note_spawned(run: RunFolder, index: int, call_id: str) -> None:
     # The record gets every id once all are spawned; until then, this file lets any process find (and
     # cancel) a call whose launcher was killed mid-launch. Not synced to disk, so that a sweep of thousands
@@ -146,8 +191,12 @@ class ModalMonitor(Monitor):
     call that has finished since the last look.
 
     An unfinished call is `running` from the moment it was spawned; the detail says whether Modal has it
-    queued or running.
+    queued or running. Its events (reports, where it runs, printed lines) wait in the run's Dict until a
+    reader of them copies them into the run folder (`collect_events`); questions about state do not.
     """
+
+    def __init__(self) -> None:
+        self._followed: dict[Path, FollowedCall] = {}
 
     def backend_id(self, run: RunFolder, call: CallRecord) -> str | None:
         if call.backend_id is not None:
@@ -230,6 +279,68 @@ class ModalMonitor(Monitor):
                 finished.append((call, answer))
         return states, finished
 
+    def collect_events(self, run: RunFolder, calls: Sequence[CallRecord]) -> None:
+        """Copy what the calls' containers wrote to the run's Dict (`container.RunChannel`) into their
+        events files: the entries after those copied already, fetched a growing window at a time. A call
+        that has settled gets an `end` line after its last entry (its container wrote every entry before
+        its output), so it is never asked about again; once every call of the run has one, the Dict is
+        deleted. Holds each call's lock while it copies, so that two readers never copy an entry twice."""
+        name = (run.read_json(_APP_FILE) or {}).get("events")
+        if name is None:  # launched by a mini that kept no events
+            return
+        ordered = sorted(calls, key=lambda call: call.index)
+        for start in range(0, len(ordered), _CALLS_AT_ONCE):
+            self._collect(run, name, ordered[start : start + _CALLS_AT_ONCE])
+        if len(calls) == len(run.record().calls):
+            self._release_if_complete(run, name)
+
+    def _collect(self, run: RunFolder, name: str, calls: Sequence[CallRecord]) -> None:
+        with contextlib.ExitStack() as locks:
+            wanted: list[tuple[CallRecord, str, int, bool]] = []
+            for call in calls:
+                call_id = self.backend_id(run, call)
+                if call_id is None:
+                    continue
+                locks.enter_context(exclusive_lock(run.call_dir(call.index) / _EVENTS_LOCK))
+                known = self._history(run, call.index)
+                if call_id in known.ended:
+                    continue
+                # Settled before the fetch: then the fetch finds everything the call's container wrote.
+                settled = (
+                    run.outcome_summary(call.index) is not None or run.cancelled_at(call.index) is not None
+                )
+                wanted.append((call, call_id, known.copied.get(call_id, 0), settled))
+            if wanted:
+                starts = [(call_id, start) for _, call_id, start, _ in wanted]
+                fetched = _loop.wait(_fetch_entries(name, run.id, starts))
+                for (call, call_id, start, settled), entries in zip(wanted, fetched, strict=True):
+                    lines = [
+                        {**line, "source": call_id, "seq": seq}
+                        for seq, entry in enumerate(entries, start)
+                        for line in _lines(entry)
+                    ]
+                    if settled:
+                        lines.append({"kind": "end", "source": call_id})
+                    append_events(run.events_path(call.index), lines)
+
+    def _history(self, run: RunFolder, index: int) -> CallHistory:
+        """Call `index`'s events as this process last read them, brought up to date."""
+        path = run.events_path(index)
+        if path not in self._followed:
+            self._followed[path] = FollowedCall(path, index)
+        return self._followed[path].update()
+
+    def _release_if_complete(self, run: RunFolder, name: str) -> None:
+        ids = sorted(self.backend_id(run, call) or "" for call in run.record().calls)
+        released = run.read_json(_RELEASED_FILE)
+        if released is not None and released.get("calls") == ids:
+            return
+        for call in run.record().calls:
+            if self.backend_id(run, call) not in self._history(run, call.index).ended:
+                return
+        _loop.wait(_delete_events_dict(name, run.id))
+        run.write_file(_RELEASED_FILE, json.dumps({"dict": name, "calls": ids}).encode())
+
     def cancel(self, run: RunFolder, call: CallRecord) -> None:
         # Without an id, Modal holds nothing of this call to stop (unless a launcher is spawning it now).
         call_id = self.backend_id(run, call)
@@ -241,14 +352,19 @@ class ModalMonitor(Monitor):
             await _function_call(call_id).cancel.aio()
 
     def logs(self, run: RunFolder, call: CallRecord) -> str:
+        """The lines the call printed (from its events), then its traceback if it failed."""
         where = run.read_json(_APP_FILE) or {}
         app_id = where.get("app_id", "?")
         call_id = self.backend_id(run, call) or "(not spawned)"
-        text = (
-            f"logs: see the Modal dashboard. mini keeps no copy of what Modal calls print; this is call "
-            f"{call_id} of function {where.get('function', '?')} in app {app_id}. "
-            f"From a shell in this project: `bin/modal app logs {app_id}`.\n"
-        )
+        self.collect_events(run, [call])
+        lines = self._history(run, call.index).lines
+        text = "".join(f"{line}\n" for _, line in lines)
+        if not lines:
+            why = "nothing printed yet" if "events" in where else "launched by a mini that kept no output"
+            text = (
+                f"({why}; this is call {call_id} of function {where.get('function', '?')} in app {app_id}, "
+                f"whose containers' own log is `bin/modal app logs {app_id}`, from a shell in this project)\n"
+            )
         summary = run.outcome_summary(call.index)
         if summary is not None and not summary["ok"]:
             from mini.serialization import decode_error
@@ -284,6 +400,72 @@ def _summarised(outcome: Outcome, summary: dict[str, Any]) -> CallState:
     return CallState(
         "done" if outcome.ok else "failed", summary.get("error") or "", finished=summary.get("finished")
     )
+
+
+def _lines(entry: bytes) -> list[dict[str, Any]]:
+    """The events-file lines of one Dict entry (`container.RunChannel`)."""
+    from mini.modal_backend.container import unpacked
+    from mini.reports import Placement
+
+    lines = []
+    for _, kind, data in unpacked(entry):
+        line = to_line(
+            kind, Placement(data[0], data[1], data[2], tuple(data[3])) if kind == "started" else data
+        )
+        if line is not None:
+            lines.append(line)
+    return lines
+
+
+async def _fetch_entries(name: str, run_id: str, starts: list[tuple[str, int]]) -> list[list[Any]]:
+    """For each `(function call id, n)`, the entries of the run's Dict from `n` on, up to the first
+    missing one (there is no gap after it: writers claim numbers in turn)."""
+    import modal
+
+    events = modal.Dict.from_name(name)
+    async with _asking_modal_about_events(run_id):
+        try:
+            await events.hydrate.aio()
+        except modal.exception.NotFoundError:  # released already: everything is in the run folder
+            return [[] for _ in starts]
+        return list(await asyncio.gather(*(_entries_from(events, call_id, n) for call_id, n in starts)))
+
+
+async def _entries_from(events: Any, call_id: str, n: int) -> list[Any]:
+    entries: list[Any] = []
+    window = 1  # one request for a call with nothing new; wider while there is more
+    while True:
+        found = await asyncio.gather(*(events.get.aio(f"{call_id}/{k}") for k in range(n, n + window)))
+        for entry in found:
+            if entry is None:
+                return entries
+            entries.append(entry)
+        n += window
+        window = min(window * 2, _MAX_WINDOW)
+
+
+async def _delete_events_dict(name: str, run_id: str) -> None:
+    import modal
+
+    async with _asking_modal_about_events(run_id):
+        await modal.Dict.objects.delete.aio(name, allow_missing=True)
+
+
+@contextlib.asynccontextmanager
+async def _asking_modal_about_events(run_id: str) -> AsyncIterator[None]:
+    from mini.tls import ensure_grpc_trusts_system_ca
+
+    ensure_grpc_trusts_system_ca()  # before modal opens its first connection
+    import modal
+
+    try:
+        yield
+    except modal.exception.AuthError:
+        raise token_error() from None
+    except modal.exception.ConnectionError as error:
+        raise RunError(
+            f"cannot reach Modal to fetch what the calls of run {run_id} reported ({error}); try again later."
+        ) from None
 
 
 def _function_call(call_id: str) -> Any:

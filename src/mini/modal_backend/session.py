@@ -121,8 +121,8 @@ class Session:
         self, name: str, fn_blob: bytes, options: Options, kind: Entry | None = None, queue: Any = None
     ) -> tuple[Any, Any]:
         """A `modal.App` (not running yet) whose one function, `name`, runs `fn_blob` in this session's
-        image under `options`, through the entry `kind` describes, its inputs' events going to `queue`;
-        returns the app and the function."""
+        image under `options`, through the entry `kind` describes, its inputs' events going to `queue` (a
+        `modal.Queue`, or a channel of `mini.modal_backend.container`); returns the app and the function."""
         from mini.tls import ensure_grpc_trusts_system_ca
 
         ensure_grpc_trusts_system_ca()  # before modal opens its first connection

@@ -15,12 +15,15 @@ import threading
 import time
 from pathlib import Path
 
+from mini import _observe
+from mini.runs.events import CallEventFile
 from mini.runs.inner_calls import recording
 from mini.runs.registry import RunFolder
 
 
 def _run(folder: RunFolder, index: int, timeout: float | None, retries: int) -> int:
     from mini.errors import CallTimeoutError
+    from mini.reports import placement_here
     from mini.runtime import LOCAL, CallContext
     from mini.serialization import Call, Outcome, decode_error, encode_error, loads, run_call
 
@@ -32,6 +35,7 @@ def _run(folder: RunFolder, index: int, timeout: float | None, retries: int) -> 
         _report(exc)
         return 1
 
+    events = CallEventFile(folder.events_path(index))  # its reports, kept with the run as they come
     settle = threading.Lock()
     settled = False
 
@@ -45,6 +49,7 @@ def _run(folder: RunFolder, index: int, timeout: float | None, retries: int) -> 
                 f"call #{index} ran over its timeout of {timeout:g}s; its process was killed."
             )
             folder.store_outcome(index, Outcome(index, False, encode_error(error)))
+            events.flush()
             print(f"mini: {error}", file=sys.stderr, flush=True)
             os.killpg(os.getpid(), signal.SIGKILL)  # and whatever the call started
 
@@ -53,15 +58,18 @@ def _run(folder: RunFolder, index: int, timeout: float | None, retries: int) -> 
         timer.daemon = True
         timer.start()
     attempts = 0
-    with recording(folder, index):  # the calls this one makes, for `mini status` (an experiment's maps)
+    # The calls this one makes, for `mini status` (an experiment's maps), and what they report.
+    with recording(folder, index), _observe.listening(events.inner_report):
         while True:
             attempts += 1
-            outcome = run_call(fn, call, context=CallContext(index, LOCAL))
+            events.emit(index, "started", placement_here())
+            outcome = run_call(fn, call, context=CallContext(index, LOCAL, events=events))
             if outcome.ok:
                 break
             _report(decode_error(outcome.data))
             if attempts > retries:
                 break
+    events.close()  # before the outcome: a reader that sees the outcome has every report
     with settle:
         if settled:
             return 1

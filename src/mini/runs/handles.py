@@ -8,15 +8,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from mini.runs.errors import CallCancelled, CallNotFinished, RunNotFound
 from mini.runs.monitor import Monitor, load_monitor
 from mini.runs.process_identity import is_alive
 from mini.runs.registry import CallRecord, RunFolder, RunRecord, open_run
 from mini.runs.state import CallState, Status, count_statuses, run_status
+
+if TYPE_CHECKING:
+    from mini.reports import Report
+    from mini.runs.events import CallHistory
 
 R = TypeVar("R")
 
@@ -177,6 +181,35 @@ class Run(Generic[R]):
 
         return [Job(self, index) for index in retry_calls(self)]
 
+    # ----- what the calls said -----------------------------------------------------------------------
+
+    def reports(self, index: int | None = None) -> list[Report]:
+        """What the calls reported with `mini.report`, so far: call `index`'s reports, or every call's (call
+        by call, in input order), each call's in the order it sent them.
+
+        >>> losses = [r.metrics["loss"] for r in Run.open(run_id).reports(0) if "loss" in r.metrics]
+        """
+        return [report for history in self.histories(index) for report in history.reports]
+
+    def histories(self, index: int | None = None) -> list[CallHistory]:
+        """Everything call `index` (or each call) has said so far, as `mini.runs.events.CallHistory`: its
+        reports, its printed lines where the backend keeps them as events (Modal), where it last started."""
+        from mini.runs.events import history
+
+        indices = [call.index for call in self.record.calls] if index is None else [self[index].index]
+        self.collect_events(indices)
+        return [history(self.folder.events_path(i), i) for i in indices]
+
+    def collect_events(self, indices: int | Iterable[int] | None = None) -> None:
+        """Bring the events of call `indices` (one, several, or every call) into the run folder from
+        wherever the backend keeps them until then; nothing to do on the local backend, whose calls write
+        them there."""
+        calls = self.record.calls
+        if indices is not None:
+            chosen = [indices] if isinstance(indices, int) else indices
+            calls = tuple(calls[self[i].index] for i in chosen)
+        self.monitor().collect_events(self.folder, calls)
+
 
 class Job(Generic[R]):
     """One detached call, like a `concurrent.futures.Future` that survives the process that made it.
@@ -271,6 +304,10 @@ class Job(Generic[R]):
     def logs(self) -> str:
         """What the call has printed so far."""
         return self.run.monitor().logs(self.run.folder, self.record)
+
+    def reports(self) -> list[Report]:
+        """What the call has reported so far (`Run.reports`)."""
+        return self.run.reports(self.index)
 
 
 def _wait(job: Job[Any], deadline: float | None) -> CallState:

@@ -13,6 +13,7 @@ than that, and once at the end.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 import time
@@ -41,6 +42,9 @@ class InnerCalls:
     failed: int = 0
     cancelled: int = 0
     cached: int = 0  # answered from the result cache, never run
+    # A line per running call of the maps under way that said something: (label, its latest metrics, where
+    # it runs, for how long, as of the last rewrite); labelled `#3`, or `map 2 #3` when several maps run.
+    lines: tuple[tuple[str, str], ...] = ()
 
     @property
     def made(self) -> int:
@@ -94,6 +98,13 @@ class _Recorder:
         summary = self._settled
         for counts in self._active.values():
             summary = _plus(summary, counts)
+        several = len(self._active) > 1
+        lines = tuple(
+            (f"map {number} #{index}" if several else f"#{index}", text)
+            for number, counts in enumerate(self._active.values(), 1)
+            for index, text in counts.calls
+        )
+        summary = dataclasses.replace(summary, lines=lines)
         with contextlib.suppress(OSError):  # the counts are a view; the call goes on without them
             self._folder.write_call_file(self._index, _FILE, json.dumps(asdict(summary)).encode())
         self._written = time.monotonic()
@@ -130,4 +141,7 @@ def recording(folder: RunFolder, index: int) -> Iterator[None]:
 def read_inner_calls(folder: RunFolder, index: int) -> InnerCalls | None:
     """What call `index` of the run has made through an apparatus, or None if it made no call."""
     data = folder.read_call_json(index, _FILE)
-    return None if data is None else InnerCalls(**data)
+    if data is None:
+        return None
+    lines = tuple((label, text) for label, text in data.pop("lines", ()))
+    return InnerCalls(**data, lines=lines)

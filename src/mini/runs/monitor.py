@@ -42,6 +42,12 @@ class Monitor(ABC):
     def logs(self, run: RunFolder, call: CallRecord) -> str:
         """What `call` printed so far (stdout and stderr)."""
 
+    def collect_events(self, run: RunFolder, calls: Sequence[CallRecord]) -> None:  # noqa: B027
+        """Bring what `calls` reported and printed into their events files (`mini.runs.events`) from
+        wherever the backend buffers them, before a reader reads those files. Nothing to do for a backend
+        whose calls write there themselves (the local one). Asked about every call of the run once all have
+        settled, a backend may release its buffer."""
+
     def backend_id(self, run: RunFolder, call: CallRecord) -> str | None:
         """The backend's id for `call`; override where ids are assigned as calls start (local pids)."""
         return call.backend_id

@@ -3,7 +3,7 @@
     .mini/runs/<run id>/run.json                 the record (backend, function, git, calls and their ids)
     .mini/runs/<run id>/function.pkl             the pickled function, shared by the run's calls
     .mini/runs/<run id>/options.pkl              the options the calls ran under (to launch them again)
-    .mini/runs/<run id>/calls/<index>/...        per call: payload, outcome, markers, log
+    .mini/runs/<run id>/calls/<index>/...        per call: payload, outcome, markers, log, events
     .mini/runs/<run id>/calls/<index>/attempts/<n>/  what an earlier attempt left (see `mini retry`)
 
 Every file is written whole (write-then-rename), so a reader sees the previous version or the next one and
@@ -136,6 +136,12 @@ class RunFolder:
 
     def log_path(self, index: int) -> Path:
         return self.call_dir(index) / "log"
+
+    def events_path(self, index: int) -> Path:
+        """Where call `index`'s reports and placement are kept (`mini.runs.events`)."""
+        from mini.runs.events import EVENTS
+
+        return self.call_dir(index) / EVENTS
 
     def store_outcome(self, index: int, outcome: Outcome, attempts: int = 1) -> None:
         """Keep a call's outcome here for good (remote backends forget results after a while).

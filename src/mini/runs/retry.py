@@ -63,6 +63,9 @@ def _launch_again(run: Run[Any], launcher: Launcher, todo: list[int]) -> None:
     folder = run.folder
     fn_blob = (folder.path / "function.pkl").read_bytes()
     calls = [Call(index, (folder.call_dir(index) / "payload.pkl").read_bytes()) for index in todo]
+    # What the last attempts reported goes aside with them, complete (a backend that buffers events lets
+    # go of its buffer once every call's are in).
+    run.collect_events()
     for index in todo:
         folder.archive_attempt(index)
     again = set(todo)
