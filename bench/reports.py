@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -35,7 +34,6 @@ STEPS = 10_000
 STEP_WORK = 4000  # iterations of the loop body per step: about 100 µs of Python on this machine
 TARGET = 1.05
 ROUNDS = 5
-_REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def step(work: int) -> float:
@@ -176,17 +174,12 @@ def _emulator() -> Iterator[None]:
     """An emulator in a process of its own (its CPU is not the caller's), this process its client."""
     from tests.emulator.server import client_environment
 
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "tests.emulator"], stdout=subprocess.PIPE, text=True, cwd=_REPOSITORY
-    )
-    try:
-        assert emulator.stdout is not None
-        variables: dict[str, str] = {}
-        while len(variables) < 4:  # the `export` lines of the client's four variables
-            name, _, value = emulator.stdout.readline().removeprefix("export ").strip().partition("=")
-            variables[name] = value.strip("'")
-        with client_environment(variables):
-            yield
-    finally:
-        emulator.terminate()
-        emulator.wait(timeout=30)
+    from bench.emulator import emulator_process
+
+    with emulator_process() as (environment, _), client_environment(_client_variables(environment)):
+        yield
+
+
+def _client_variables(environment: dict[str, str]) -> dict[str, str]:
+    names = ("MODAL_SERVER_URL", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_CONFIG_PATH")
+    return {name: environment[name] for name in names}
