@@ -16,7 +16,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
@@ -122,9 +122,25 @@ async def wrap(coro: Coroutine[Any, Any, T]) -> T:
         raise
 
 
+class NeedsLoop(Exception):
+    """Raised by a core driven on the caller's thread that cannot go on there (a backend with nothing to
+    run it on right now): its caller runs it on mini's loop instead, with `wait`.
+
+    >>> try:
+    ...     return drive(core())
+    ... except NeedsLoop:
+    ...     return wait(core())
+    """
+
+
+def driving() -> bool:
+    """Whether this thread is driving a core (`drive`): what it creates must wait only by blocking."""
+    return getattr(_driving, "active", False)
+
+
 def drive(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` to its end on this thread, blocking while it waits on a `Signal`; Ctrl-C cancels it and
-    lets it clean up. Only for cores that await nothing but `Signal`s.
+    """Run `coro` to its end on this thread, blocking while it waits on a `Blocking` (a `Signal`, or work
+    done on this thread); Ctrl-C cancels it and lets it clean up. Only for cores that await nothing else.
 
     >>> drive(apparatus._run_one(fn, args, kwargs))
     """
@@ -149,7 +165,7 @@ def drive(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _block(coro: Coroutine[Any, Any, Any], waited: object) -> None:
-    if not isinstance(waited, Signal):
+    if not isinstance(waited, Blocking):
         coro.close()
         raise RuntimeError(f"a core driven on the caller's thread awaited {waited!r}, not a mini Signal")
     waited.block()
@@ -166,7 +182,27 @@ def _cancel(coro: Coroutine[Any, Any, Any]) -> None:
         return
 
 
-class Signal:
+class Blocking:
+    """What a core driven on the caller's thread may await: `drive` calls `block()`, which returns once the
+    core can go on. Given `work`, `block()` runs it: the core's waiting is then done on the caller's thread
+    (a blocking read, say).
+
+    >>> turn = Blocking(read_one_answer)   # created and awaited under `drive` only
+    >>> await turn
+    """
+
+    def __init__(self, work: Callable[[], None] | None = None) -> None:
+        self._work = work
+
+    def block(self) -> None:
+        assert self._work is not None
+        self._work()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield self
+
+
+class Signal(Blocking):
     """A wake-up that any thread can `set`, awaited by a core on the private loop or under `drive`.
 
     >>> signal = Signal()          # in the core, on whichever side runs it

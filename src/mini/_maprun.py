@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -21,6 +22,10 @@ from mini.errors import ArgumentError, OptionError
 from mini.options import Options
 from mini.progress import Progress
 from mini.serialization import ArgumentEncoder, Call, Outcome, decode_error, dump_function, loads
+
+
+# Inputs encoded in one go at most: a backend's workers get going before a large window is full.
+_FEED_AT_ONCE = 1024
 
 
 def values(batch: list[tuple[bool, Any]], return_exceptions: bool) -> Iterator[Any]:
@@ -131,7 +136,16 @@ class MapRun:
     async def _feed(self) -> None:
         calls: list[Call] = []
         cache = self._cache
-        room = self._room()
+        room = min(self._room(), _FEED_AT_ONCE)
+        if cache is None and room > 0 and not self._exhausted:  # the common case, in one go
+            encode, kwargs = self._encoder.encode, self._kwargs
+            taken = zip(itertools.islice(self._inputs, room), self._counter)
+            calls = [encode(index, tuple(item), kwargs) for item, index in taken]
+            self._exhausted = len(calls) < room
+            room = 0
+            if self._retries:
+                for call in calls:
+                    self._payloads[call.index] = call.copy()
         while room > 0 and not self._exhausted:
             try:
                 item = next(self._inputs)
@@ -202,7 +216,7 @@ class MapRun:
         return ready
 
     def _show(self, finished: bool = False) -> None:
-        if self._progress is not None:
+        if self._progress is not None and self._progress.watched:
             self._progress.update(
                 submitted=self._submitted,
                 running=0 if self._dispatch is None else self._dispatch.running(),
@@ -317,7 +331,12 @@ def check_runnable(fn: Callable[..., Any]) -> None:
 
 def yields(fn: Callable[..., Any]) -> bool:
     """Whether calling `fn` gives a generator (sync or async), seen through partials and decorators."""
+    if type(fn) is types.FunctionType and "__wrapped__" not in fn.__dict__:  # the common case, quickly
+        return bool(fn.__code__.co_flags & _YIELDS)
     while isinstance(fn, functools.partial):
         fn = fn.func
     fn = inspect.unwrap(fn)
     return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+
+
+_YIELDS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR

@@ -147,12 +147,16 @@ class Apparatus:
         0.0421
         """
         capabilities = self.backend.capabilities
-        # A batched call waits for others, from other threads: it needs mini's loop.
-        if capabilities.caller_thread and not self.options.max_batch_size:
-            return _loop.drive(self._run_one(fn, args, kwargs))
         # The caller waits for the call to end, so where callees cannot write to its memory, argument
         # buffers can be sent from there rather than from a snapshot (one copy of a large array fewer).
-        return _loop.wait(self._run_one(fn, args, kwargs, lend_buffers=capabilities.own_memory))
+        lend = capabilities.own_memory
+        # A batched call waits for others, from other threads: it needs mini's loop.
+        if capabilities.caller_thread and not self.options.max_batch_size:
+            try:
+                return _loop.drive(self._run_one(fn, args, kwargs, lend_buffers=lend))
+            except _loop.NeedsLoop:
+                pass  # nothing to run it on from here right now: mini's loop will find something
+        return _loop.wait(self._run_one(fn, args, kwargs, lend_buffers=lend))
 
     def map(
         self,

@@ -50,7 +50,9 @@ class Capabilities:
     """It retries failed calls itself (the `retries` option); otherwise the base resubmits them."""
     caller_thread: bool = False
     """A single `run` may be driven on the caller's thread (`mini._loop.drive`): only for a dispatch that
-    waits on nothing but `mini._loop.Signal`s."""
+    waits on nothing but `mini._loop.Blocking`s (Signals, or its own blocking work). `open_dispatch` may
+    raise `mini._loop.NeedsLoop` there (nothing it can run the call on right now, from that thread): the
+    run then goes through mini's loop."""
     batching: bool = False
     """It forms batches itself (`max_batch_size`, `batch_wait_ms`), from single inputs; otherwise the base
     forms them (`mini._batching`) and the backend runs one call per batch."""

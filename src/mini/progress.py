@@ -96,6 +96,8 @@ class Progress:
     ) -> None:
         """New counts; `calls`: the running calls worth a line of their own under the bar, as
         (index, what they last reported and where they run)."""
+        if self._bar is None and not _listeners:  # nobody to tell: most single calls and quiet maps
+            return
         counts = Counts(
             self._label,
             self._total,
@@ -116,6 +118,11 @@ class Progress:
         total = self._total if self._total is not None else (submitted + cached if finished else None)
         self._bar.calls = [(f"#{index}", line) for index, line in calls]
         self._bar.update(self._task, completed=done + failed + cached, total=total, counts=text)
+
+    @property
+    def watched(self) -> bool:
+        """Whether anyone sees these counts (a bar, a listener): if not, `update` can be skipped."""
+        return self._bar is not None or bool(_listeners)
 
     def close(self) -> None:
         last = self._last

@@ -21,9 +21,8 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import Awaitable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 LOCAL = "local"
 MODAL = "modal"
@@ -46,15 +45,16 @@ class EventSink(Protocol):
         and raises `StreamStopped` once it wants no more."""
 
 
-@dataclass(frozen=True)
-class CallContext:
+class CallContext(NamedTuple):
     """Where a call is running: its position in the map (None where the backend does not tell the callee,
     as on Modal, whose caller knows each input by its id), the backend's kind ("local", "modal"), and
     where its events go (None: nowhere, e.g. a detached call that keeps no reports).
 
     `volumes` is the folder where this call sees its backend's volumes (`volumes / NAME`), for a backend
     whose calls see them somewhere other than the caller does (on Modal, where mini mounts them). None
-    where a volume's own folder is valid in the call as it is for the caller (the local backends)."""
+    where a volume's own folder is valid in the call as it is for the caller (the local backends).
+
+    Immutable, and a tuple: a worker makes one per call, so it must cost next to nothing to build."""
 
     index: int | None
     backend: str

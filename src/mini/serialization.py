@@ -24,7 +24,7 @@ from typing import Any
 import cloudpickle
 
 from mini.errors import RemoteError, RemoteTraceback, SerializationError
-from mini.runtime import CallContext, StreamStopped, calling, wait_for
+from mini.runtime import CallContext, StreamStopped, enter, leave, wait_for
 
 PROTOCOL = 5
 # Smaller buffers stay inside the pickle: a separate frame costs more than copying them.
@@ -33,20 +33,42 @@ OUT_OF_BAND_BYTES = 1 << 16
 Buffer = Any  # a writable, contiguous buffer of bytes (a bytearray, or a uint8 NumPy array)
 
 
-@dataclass(slots=True)
 class Call:
     """One invocation: its position in the map and its pickled `(args, kwargs)`, whose large buffers may
-    travel out-of-band in `buffers` (snapshots owned by the call, see `ArgumentEncoder`)."""
+    travel out-of-band in `buffers` (snapshots owned by the call, see `ArgumentEncoder`).
 
-    index: int
-    payload: bytes
-    buffers: Sequence[Buffer] = ()
+    When every argument is a number, a string, a boolean or None, `plain` holds `(args, kwargs)` as they
+    are (immutable: nothing to snapshot or copy), for a backend that can carry them itself; `payload` is
+    then pickled from them when first asked for."""
+
+    __slots__ = ("_payload", "buffers", "index", "plain")
+
+    def __init__(
+        self,
+        index: int,
+        payload: bytes | None = None,
+        buffers: Sequence[Buffer] = (),
+        plain: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
+    ) -> None:
+        self.index = index
+        self._payload = payload
+        self.buffers = buffers
+        self.plain = plain
+
+    @property
+    def payload(self) -> bytes:
+        if self._payload is None:
+            self._payload = pickle.dumps(self.plain, protocol=PROTOCOL)
+        return self._payload
 
     def copy(self) -> Call:
         """This call with buffers of its own: a re-run must not see what a thread-mode attempt changed."""
         if not self.buffers:
             return self
         return Call(self.index, self.payload, tuple(copied(memoryview(b)) for b in self.buffers))
+
+    def __repr__(self) -> str:
+        return f"Call({self.index}, {len(self.payload)} bytes, {len(self.buffers)} buffers)"
 
 
 @dataclass(slots=True)
@@ -136,8 +158,8 @@ class ArgumentEncoder:
 
     def encode(self, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         if _SCALARS.issuperset(map(type, args)) and _SCALARS.issuperset(map(type, kwargs.values())):
-            # Numbers and strings pickle the same either way, and the C pickler is several times faster.
-            return Call(index, pickle.dumps((args, kwargs), protocol=PROTOCOL))
+            # Immutable, and always picklable: carried as they are, pickled only where they must be.
+            return Call(index, plain=(args, kwargs))
         buffer = self._buffer
         buffer.seek(0)
         buffer.truncate()
@@ -216,10 +238,12 @@ def dump_function(fn: Callable[..., Any]) -> bytes:
     pickled once per process; anything pickled by value (closures, lambdas, `__main__`) every time, so
     each map sees the state it closes over when the map starts.
     """
-    with contextlib.suppress(KeyError, TypeError):  # TypeError: not weakly referenceable
-        cached = _by_reference[fn]
-        if not _registered_by_value(fn):  # registering its module later must take effect
-            return cached
+    try:
+        cached = _by_reference.get(fn)
+    except TypeError:  # not weakly referenceable
+        cached = None
+    if cached is not None and not _registered_by_value(fn):  # registering its module later must count
+        return cached
     try:
         blob = dumps(fn)
     except Exception as exc:
@@ -236,11 +260,11 @@ _by_reference: weakref.WeakKeyDictionary[Callable[..., Any], bytes] = weakref.We
 
 
 def _registered_by_value(fn: Callable[..., Any]) -> bool:
+    registry = cloudpickle.list_registry_pickle_by_value()
+    if not registry:
+        return False
     module = getattr(fn, "__module__", None) or ""
-    return any(
-        module == name or module.startswith(name + ".")
-        for name in cloudpickle.list_registry_pickle_by_value()
-    )
+    return any(module == name or module.startswith(name + ".") for name in registry)
 
 
 def _pickles_by_reference(fn: types.FunctionType, blob: bytes) -> bool:
@@ -267,6 +291,9 @@ def run_call(
 
     >>> outcome = run_call(fn, call, out_of_band=True, context=CallContext(call.index, "local"))
     """
+    if call.plain is not None:
+        args, kwargs = call.plain
+        return invoke(fn, call.index, args, kwargs, out_of_band, shared_memory, context)
     try:
         args, kwargs = loads(call.payload, buffers=call.buffers)
     except KeyboardInterrupt:
@@ -288,16 +315,19 @@ def invoke(
     """`fn(*args, **kwargs)` with its result or error encoded, for arguments already unpickled (see
     `run_call`, which also unpickles them). An `async def` function is awaited on the worker's event loop;
     a generator's values go one by one to the context's event sink, and the call's result is None."""
+    token = None if context is None else enter(context)
     try:
-        if context is None:
-            result = _settled(fn(*args, **kwargs), None)
-        else:
-            with calling(context):
-                result = _settled(fn(*args, **kwargs), context)
+        result = fn(*args, **kwargs)
+        if type(result) in _SCALARS:  # the common tiny result: no buffers, nothing to await or drain
+            return Outcome(index, True, pickle.dumps(result, protocol=PROTOCOL))
+        result = _settled(result, context)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # SystemExit from user code is a failed call, not our exit
         return Outcome(index, False, encode_error(exc))
+    finally:
+        if token is not None:
+            leave(token)
     return encode_result(index, result, out_of_band, shared_memory)
 
 

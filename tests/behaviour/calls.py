@@ -342,3 +342,76 @@ def tally_after_everyone(x: int, folder: str) -> int:
 def tally_columns(xs: list, folders: list) -> list:
     """A batched `tally`: one file per input it is given, and each input's square."""
     return [tally(x, folder) for x, folder in zip(xs, folders, strict=True)]
+
+
+def identity(x):
+    return x
+
+
+def fill_and_sum(array, value: float) -> float:
+    """Writes `value` all over its argument (the caller must not see it) and returns the sum before."""
+    total = float(array.sum())
+    array[:] = value
+    return total
+
+
+def full(n: int, value: float):
+    import numpy
+
+    return numpy.full(n, value)
+
+
+def mapping_of(array) -> str:
+    """Where the memory of `array` lies in the process running the call: the name of its mapping in
+    /proc/self/maps ("/memfd:mini (deleted)" for mini's shared memory, "" for private memory)."""
+    address = array.__array_interface__["data"][0]
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            span, *rest = line.split(maxsplit=5)
+            low, high = (int(end, 16) for end in span.split("-"))
+            if low <= address < high:
+                return rest[4].strip() if len(rest) > 4 else ""
+    return "?"
+
+
+def keep_full(n: int, value: float):
+    """Returns an array it also keeps in this worker (see `change_kept`)."""
+    import sys
+
+    import numpy
+
+    array = numpy.full(n, value)
+    sys.__dict__.setdefault("_mini_tests_kept", []).append(array)
+    return array
+
+
+def change_kept(value: float) -> int:
+    """Writes `value` all over the arrays `keep_full` kept in this worker; how many there were."""
+    import sys
+
+    kept = sys.__dict__.get("_mini_tests_kept", [])
+    for array in kept:
+        array[:] = value
+    return len(kept)
+
+
+def scribble_then_crash_once(array, marker: str) -> float:
+    """The sum of its argument, after writing -1 all over it; the first time (no `marker` yet) it kills
+    its process instead of returning."""
+    total = float(array.sum())
+    array[:] = -1
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        os._exit(13)
+    return total
+
+
+def crash_holding(array) -> None:
+    """Kills its process while holding its (large) argument."""
+    os._exit(13)
+
+
+def mark_and_block_holding(x: int, folder: str, array) -> float:
+    """`mark_and_block`, holding a (large) argument meanwhile."""
+    mark_and_block(x, folder)
+    return float(array.sum())

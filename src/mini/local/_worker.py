@@ -3,12 +3,19 @@
 It imports only the stdlib before it can report, so that a broken environment (an isolated one missing a
 dependency) is reported to the parent with its traceback instead of dying silently.
 
-Messages in (from the pool): `("run", batch, key, fn_blob, dropped, env, concurrent, calls)`, and
-`("credit", batch, index, n)` (a stream's consumer wants `n` more values). Messages out:
-`("ready", version, placement)` once, then `("reply", batch, results, elapsed, events)` per batch and
+Messages in (from the pool): `("run", batch, key, fn_blob, dropped, env, concurrent, calls, released,
+retired)`, `("credit", batch, index, n)` (a stream's consumer wants `n` more values) and
+`("segments", announced)` (shared-memory segments, their descriptors attached). Messages out:
+`("ready", version, placement, shared)` once, then `("reply", batch, results, elapsed, events, released,
+retired)` per batch (after a `("segments", announced)` of its own when results need new segments) and
 `("events", events)` for what running calls report, print and yield meanwhile, each event
-`(batch, index, kind, data)`. A batch runs on the main thread, one call after another; a batch of a
-`concurrent` pool runs in a thread of its own, so that several run at once.
+`(batch, index, kind, data)`. A buffer in `calls` or `results` is either in the message or a descriptor
+of its place in shared memory; `released` and `retired` say which of the other side's segments this side
+no longer uses or has closed (see `mini.local._shared_memory`).
+
+The main thread reads the socket and runs a batch itself, one call after another (a generator's call
+reads its credit there); a batch of a `concurrent` pool runs in a thread of its own, so that several run
+at once while the main thread goes on reading.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from mini.local import _framing
+from mini.local import _framing, _shared_memory
 from mini.local._environ import applied
 from mini.local._isolation import explain
 
@@ -87,42 +94,110 @@ def _explaining(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class _Channel:
-    """The worker's side of the socket: sends whole messages from any thread, and holds the events of
-    running calls until they are sent (every `_FLUSH_SECONDS`, and with each reply, before it).
+    """The worker's side of the socket: sends whole messages from any thread, reads them on the main
+    thread, holds the events of running calls until they are sent (every `_FLUSH_SECONDS`, and with each
+    reply, before it), and the shared memory both ways.
 
     A call is announced ("started", with its start time) only once it has run for a flush interval or
     has something to say: a batch of tiny calls costs no event at all.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, allocate: _framing.Allocate) -> None:
         self._sock = sock
+        self._reader = _framing.Reader(sock, allocate)
         self._lock = threading.Lock()
         self._events: list[tuple[int, int | None, str, Any]] = []
         self._reports: dict[tuple[int, int | None], int] = {}
-        self._running: dict[tuple[int, int | None], float] = {}
+        self._running: dict[int, tuple[int | None, float]] = {}  # batch -> (its call running now, since)
         self._announced: set[tuple[int, int | None]] = set()
         self._credit: dict[tuple[int, int | None], int] = {}
         self._credit_changed = threading.Condition(self._lock)
+        self._inline: int | None = None  # the thread running a batch instead of reading, if any
+        self._batches: list[Any] = []  # read while a batch ran inline, for the main loop
         self._closed = False
+        self.shared = _shared_memory.AVAILABLE
+        self._inbox = _shared_memory.Inbox()  # the pool's segments: arguments
+        self._outbox = _shared_memory.Outbox()  # ours: results
+        self._outbox_lock = threading.Lock()
 
     def send(self, message: Any) -> None:
         with self._lock:
             _framing.send(self._sock, message)
 
-    def begin(self, batch: int, index: int | None) -> None:
-        with self._lock:
-            self._running[(batch, index)] = time.time()
+    def next_batch(self) -> Any:
+        """The next "run" message (handling what comes before it), or None once the pool has gone."""
+        while not self._batches:
+            if not self._take_one():
+                return None
+        return self._batches.pop(0)
 
-    def end(self, batch: int, index: int | None) -> None:
-        key = (batch, index)
-        with self._lock:
-            del self._running[key]
-            self._announced.discard(key)
-            self._credit.pop(key, None)
+    def _take_one(self) -> bool:
+        message = self._reader.receive()
+        if message is None:
+            self.close()
+            return False
+        kind = message[0]
+        if kind == "run":
+            self._batches.append(message)
+        elif kind == "credit":
+            self.give_credit(*message[1:])
+        elif kind == "segments":
+            self._inbox.add(message[1], self._reader.take_fds(len(message[1])))
+        return True
+
+    def inline(self, thread: int | None) -> None:
+        """`thread` runs a batch now (None: it is done), so it reads what its generator waits for itself."""
+        self._inline = thread
+
+    def arguments(self, buffers: Any) -> Any:
+        """A call's argument buffers as the memory its arrays are built on."""
+        if not buffers:
+            return buffers
+        return [self._inbox.view(*b) if type(b) is tuple else b for b in buffers]
+
+    def result_buffers(self, buffers: Any) -> Any:
+        """A result's buffers as they travel: large ones copied into shared memory, the rest in the reply."""
+        if not buffers:
+            return ()
+        travel = []
+        for raw in buffers:
+            if self.shared and raw.nbytes >= _shared_memory.SHARED_BYTES:
+                with self._outbox_lock:
+                    travel.append(self._outbox.place(raw))
+            else:
+                travel.append(pickle.PickleBuffer(raw))
+        return travel
+
+    def settle_shared(self, released: list[int], retired: list[int]) -> None:
+        """The pool no longer uses our segments `released`, and has closed its segments `retired`."""
+        if released:
+            with self._outbox_lock:
+                self._outbox.released(released)
+        if retired:
+            self._inbox.retire(retired)
+
+    def begin(self, batch: int, index: int | None) -> None:
+        # A batch runs its calls one after another. One dict operation: atomic without the lock (`flush`
+        # copies the items under it); a call announced after it ended is still announced before the reply
+        # that brings its outcome, which is all the pool needs.
+        self._running[batch] = (index, time.time())
 
     def reply(self, batch: int, results: list[Any], elapsed: float) -> None:
         with self._lock:
-            _framing.send(self._sock, ("reply", batch, results, elapsed, self._take()))
+            self._running.pop(batch, None)
+            if self._announced:
+                self._announced = {key for key in self._announced if key[0] != batch}
+            if self._credit:
+                self._credit = {key: n for key, n in self._credit.items() if key[0] != batch}
+            with self._outbox_lock:
+                announcements = self._outbox.announcements(_framing.FDS_PER_MESSAGE)
+                retired = self._outbox.take_retired()
+            for announcement, fds in announcements:
+                _framing.send(self._sock, announcement, fds)
+                with self._outbox_lock:
+                    self._outbox.sent(fds)
+            released = self._inbox.take_released()
+            _framing.send(self._sock, ("reply", batch, results, elapsed, self._take(), released, retired))
 
     def emit(self, batch: int, index: int | None, kind: str, data: Any) -> None:
         key = (batch, index)
@@ -137,9 +212,12 @@ class _Channel:
             self._events.append((batch, index, kind, data))
 
     def _announce(self, key: tuple[int, int | None]) -> None:
-        if key not in self._announced and key in self._running:
+        if key in self._announced:
+            return
+        running = self._running.get(key[0])
+        if running is not None and running[0] == key[1]:
             self._announced.add(key)
-            self._events.append((*key, "started", self._running[key]))
+            self._events.append((*key, "started", running[1]))
 
     def _coalesce(self, key: tuple[int, int | None], data: Any) -> None:
         # The latest values win, merged into this call's last report still waiting to be sent.
@@ -157,8 +235,8 @@ class _Channel:
 
     def flush(self) -> None:
         with self._lock:
-            for key in list(self._running):
-                self._announce(key)
+            for batch, (index, _) in list(self._running.items()):
+                self._announce((batch, index))
             if self._events and not self._closed:
                 _framing.send(self._sock, ("events", self._take()))
 
@@ -170,7 +248,15 @@ class _Channel:
                     from mini.runtime import StreamStopped
 
                     raise StreamStopped
-                self._credit_changed.wait()
+                if self._inline == threading.get_ident():
+                    # No one else reads while this thread runs the batch: read the credit here.
+                    self._lock.release()
+                    try:
+                        self._take_one()
+                    finally:
+                        self._lock.acquire()
+                else:
+                    self._credit_changed.wait()
             self._credit[key] -= 1
             self._announce(key)
             # Values go out at once, after the events that came before them.
@@ -230,6 +316,8 @@ class _CallOutput:
         self._real.flush()
 
     def end_of_call(self, context: Any) -> None:
+        if not self._partial:
+            return
         rest = self._partial.pop(id(context), "")
         if rest and context.events is not None:
             context.events.emit(context.index, "output", (self._name, rest))
@@ -242,16 +330,15 @@ def _serve(sock: socket.socket, isolated: bool) -> None:
     try:
         from mini.reports import placement_here
         from mini.runtime import LOCAL, CallContext
-        from mini.serialization import Call, encode_error, fresh_buffer, loads, run_call
+        from mini.serialization import Call, encode_error, fresh_buffer, invoke, loads, run_call
     except BaseException:
         _framing.send(sock, ("failed", traceback.format_exc()))
         sys.exit(1)
-    channel = _Channel(sock)
-    channel.send(("ready", sys.version_info[:2], placement_here()))
+    channel = _Channel(sock, fresh_buffer)
+    channel.send(("ready", sys.version_info[:2], placement_here(), channel.shared))
     outputs = [_CallOutput("stdout", sys.stdout), _CallOutput("stderr", sys.stderr)]
     sys.stdout, sys.stderr = outputs
     prepare = _explaining if isolated else _calling
-    inbox = _start_reader(sock, channel, fresh_buffer)
     _start_flusher(channel)
 
     def run_batch(batch: int, fn: Any, env: Any, calls: list[Any]) -> None:
@@ -260,20 +347,28 @@ def _serve(sock: socket.socket, isolated: bool) -> None:
         results = []
         with applied(env):
             for index, payload, buffers in calls:
-                context = CallContext(index, LOCAL, events=sink)
+                context = CallContext(index, LOCAL, sink)
                 channel.begin(batch, index)
-                outcome = run_call(fn, Call(index, payload, buffers), out_of_band=True, context=context)
+                if type(payload) is tuple:  # plain arguments (see `Call.plain`)
+                    outcome = invoke(fn, index, *payload, out_of_band=True, context=context)
+                elif buffers:
+                    call = Call(index, payload, channel.arguments(buffers))
+                    outcome = run_call(fn, call, out_of_band=True, context=context)
+                    del call  # its argument buffers: their shared memory is released once the call is done
+                else:
+                    outcome = run_call(fn, Call(index, payload), out_of_band=True, context=context)
                 for output in outputs:
                     output.end_of_call(context)
-                channel.end(batch, index)
-                data = [pickle.PickleBuffer(b) for b in outcome.buffers] if outcome.buffers else ()
-                results.append((outcome.index, outcome.ok, outcome.data, data))
+                buffers = channel.result_buffers(outcome.buffers) if outcome.buffers else ()
+                results.append((index, outcome.ok, outcome.data, buffers))
+                del outcome  # a result that is its argument holds the argument's shared memory
         channel.reply(batch, results, time.perf_counter() - started)
 
     # Which functions stay loaded is the pool's decision alone: it says what to drop and when to resend.
     functions: dict[int, object] = {}
-    while (message := inbox.get()) is not None:
-        _, batch, key, fn_blob, dropped, env, concurrent, calls = message
+    while (message := channel.next_batch()) is not None:
+        _, batch, key, fn_blob, dropped, env, concurrent, calls, released, retired = message
+        channel.settle_shared(released, retired)
         for old in dropped:
             del functions[old]
         if fn_blob is not None:
@@ -282,34 +377,18 @@ def _serve(sock: socket.socket, isolated: bool) -> None:
             except BaseException as exc:  # e.g. the function's module is not importable here
                 functions[key] = _Unloadable(encode_error(exc))
         fn = functions[key]
+        del message
         if isinstance(fn, _Unloadable):
             channel.reply(batch, [(index, False, fn.error, ()) for index, _, _ in calls], 0.0)
         elif concurrent:
             threading.Thread(target=run_batch, args=(batch, fn, env, calls), daemon=True).start()
         else:
-            run_batch(batch, fn, env, calls)
-
-
-def _start_reader(sock: socket.socket, channel: _Channel, allocate: Any) -> Any:
-    """Read the pool's messages in a thread of their own, so that credit reaches a generator while it runs;
-    batches go to the returned queue (None once the pool has gone)."""
-    import queue
-
-    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-    def read() -> None:
-        try:
-            while (message := _framing.receive(sock, allocate)) is not None:
-                if message[0] == "credit":
-                    channel.give_credit(*message[1:])
-                else:
-                    inbox.put(message)
-        finally:
-            channel.close()
-            inbox.put(None)
-
-    threading.Thread(target=read, name="mini-worker-reader", daemon=True).start()
-    return inbox
+            channel.inline(threading.get_ident())
+            try:
+                run_batch(batch, fn, env, calls)
+            finally:
+                channel.inline(None)
+        del calls
 
 
 def _start_flusher(channel: _Channel) -> None:

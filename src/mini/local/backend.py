@@ -42,9 +42,10 @@ class LocalBackend(Backend):
         self.workers = workers
         self.mode = mode
         threads = mode == "thread"
-        # Threads wait only on mini Signals and share the caller's memory; worker processes are another
-        # address space. Every local mode moves large buffers out-of-band.
-        self.capabilities = Capabilities(buffers=True, own_memory=not threads, caller_thread=threads)
+        # Threads share the caller's memory, worker processes are another address space; a single run can
+        # be driven from the caller's thread in every mode (a process-mode one on a worker lent to it).
+        # Every local mode moves large buffers out-of-band.
+        self.capabilities = Capabilities(buffers=True, own_memory=not threads, caller_thread=True)
         # One pool per `concurrent_inputs` setting, so that a worker never mixes the two kinds of work.
         self._threads: dict[int, ThreadPool] = {}
         self._processes: dict[int, ProcessPool] = {}
@@ -71,6 +72,8 @@ class LocalBackend(Backend):
         concurrent = options.concurrent_inputs or 1
         if self.mode == "thread":
             return open_thread_dispatch(self._thread_pool(concurrent), fn_blob, options)
+        if _loop.driving() and concurrent not in self._processes:
+            raise _loop.NeedsLoop  # its workers are started on mini's loop, by a first map or run
         return open_process_dispatch(await self._process_pool(concurrent), fn_blob, options)
 
     def launcher(self, name: str, options: Options) -> Launcher:
