@@ -23,7 +23,6 @@ from mini.options import Options
 from mini.progress import Progress
 from mini.serialization import ArgumentEncoder, Call, Outcome, decode_error, dump_function, loads
 
-
 # Inputs encoded in one go at most: a backend's workers get going before a large window is full.
 _FEED_AT_ONCE = 1024
 
@@ -139,7 +138,7 @@ class MapRun:
         room = min(self._room(), _FEED_AT_ONCE)
         if cache is None and room > 0 and not self._exhausted:  # the common case, in one go
             encode, kwargs = self._encoder.encode, self._kwargs
-            taken = zip(itertools.islice(self._inputs, room), self._counter)
+            taken = zip(itertools.islice(self._inputs, room), self._counter, strict=False)
             calls = [encode(index, tuple(item), kwargs) for item, index in taken]
             self._exhausted = len(calls) < room
             room = 0

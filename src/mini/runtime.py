@@ -21,8 +21,9 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 LOCAL = "local"
 MODAL = "modal"
@@ -45,7 +46,8 @@ class EventSink(Protocol):
         and raises `StreamStopped` once it wants no more."""
 
 
-class CallContext(NamedTuple):
+@dataclass(slots=True)
+class CallContext:
     """Where a call is running: its position in the map (None where the backend does not tell the callee,
     as on Modal, whose caller knows each input by its id), the backend's kind ("local", "modal"), and
     where its events go (None: nowhere, e.g. a detached call that keeps no reports).
@@ -54,7 +56,8 @@ class CallContext(NamedTuple):
     whose calls see them somewhere other than the caller does (on Modal, where mini mounts them). None
     where a volume's own folder is valid in the call as it is for the caller (the local backends).
 
-    Immutable, and a tuple: a worker makes one per call, so it must cost next to nothing to build."""
+    Read it, never change it: a worker makes one per call, and a frozen dataclass costs several times as
+    much to build."""
 
     index: int | None
     backend: str

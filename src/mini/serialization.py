@@ -9,7 +9,6 @@ Backends that can move large buffers themselves (the local ones) ask for them ou
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import io
 import pickle

@@ -15,6 +15,7 @@ project's pinned dependencies.
 from __future__ import annotations
 
 import array
+import functools
 import os
 import pickle
 import select
@@ -54,12 +55,12 @@ def send(sock: socket.socket, message: Any, fds: list[int] | None = None, wait: 
     parts = frames(message)
     first = memoryview(parts[0])
     if fds:
-        sent = _retrying(lambda: sock.sendmsg([first], [rights(fds)]), wait, select.POLLOUT)
+        sent = _retrying(functools.partial(sock.sendmsg, [first], [rights(fds)]), wait, select.POLLOUT)
         first = first[sent:]
     for part in (first, *parts[1:]):
         view = memoryview(part).cast("B")
         while view:
-            sent = _retrying(lambda view=view: sock.send(view), wait, select.POLLOUT)
+            sent = _retrying(functools.partial(sock.send, view), wait, select.POLLOUT)
             view = view[sent:]
 
 
@@ -111,12 +112,11 @@ class Reader:
     def read(self, buffer: Any, wait: Wait | None = None) -> Any:
         """Fill `buffer`; None at the end of the stream."""
         view = memoryview(buffer).cast("B")
-        filled, size = 0, view.nbytes
-        while filled < size:
-            got = _retrying(lambda: self.read_some(view[filled:]), wait or self._wait, select.POLLIN)
+        while view:
+            got = _retrying(functools.partial(self.read_some, view), wait or self._wait, select.POLLIN)
             if got == 0:
                 return None
-            filled += got
+            view = view[got:]
         return buffer
 
     def read_some(self, view: memoryview) -> int:

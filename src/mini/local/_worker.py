@@ -159,7 +159,7 @@ class _Channel:
         """A result's buffers as they travel: large ones copied into shared memory, the rest in the reply."""
         if not buffers:
             return ()
-        travel = []
+        travel: list[Any] = []
         for raw in buffers:
             if self.shared and raw.nbytes >= _shared_memory.SHARED_BYTES:
                 with self._outbox_lock:
@@ -350,7 +350,8 @@ def _serve(sock: socket.socket, isolated: bool) -> None:
                 context = CallContext(index, LOCAL, sink)
                 channel.begin(batch, index)
                 if type(payload) is tuple:  # plain arguments (see `Call.plain`)
-                    outcome = invoke(fn, index, *payload, out_of_band=True, context=context)
+                    args, kwargs = payload
+                    outcome = invoke(fn, index, args, kwargs, out_of_band=True, context=context)
                 elif buffers:
                     call = Call(index, payload, channel.arguments(buffers))
                     outcome = run_call(fn, call, out_of_band=True, context=context)

@@ -248,7 +248,9 @@ class ProcessPool:
             number, running = window[0]
             try:
                 answer = worker.answer(number, dispatch)
-                reply = await (answer if dispatch.timeout is None else asyncio.wait_for(answer, dispatch.timeout))
+                reply = await (
+                    answer if dispatch.timeout is None else asyncio.wait_for(answer, dispatch.timeout)
+                )
             except asyncio.TimeoutError:
                 dispatch.overdue(running)
                 worker.kill()
