@@ -6,12 +6,14 @@ run so that measurements of different runners can be interleaved.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
+import cloudpickle
 from joblib import Parallel, delayed
 
 from bench import tasks
@@ -121,3 +123,35 @@ def open_all() -> list[Runner]:
         runner.map(tasks.spin, [100_000] * 4 * WORKERS)
         runner.run(tasks.noop, 0)
     return runners
+
+
+class IsolatedRunner(MiniRunner):
+    """mini in isolated mode. Its workers import only shipped sources, so the benchmark's functions travel
+    by value, as a notebook's would (only while this runner runs: the others keep them by reference)."""
+
+    def __init__(self) -> None:
+        super().__init__("isolated")
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with _by_value(tasks):
+            return super().run(fn, *args)
+
+    def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
+        with _by_value(tasks):
+            return super().map(fn, items)
+
+
+@contextlib.contextmanager
+def _by_value(module: Any) -> Iterator[None]:
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+def open_isolated() -> Runner:
+    """mini in isolated mode (its environment built, or found cached), started and warmed."""
+    runner = IsolatedRunner()
+    runner.map(tasks.spin, [100_000] * 4 * WORKERS)
+    return runner

@@ -10,7 +10,8 @@ from bench import modal_report
 
 MINI = ("mini thread", "mini process")
 COMPETITORS = ("ThreadPool(2)", "ProcessPool(2)", "joblib loky(2)")
-_COLUMNS = (*MINI, *COMPETITORS, "serial")
+_COLUMNS = (*MINI, "mini isolated", *COMPETITORS, "serial")
+PROCESS_PEERS = ("ProcessPool(2)", "joblib loky(2)")
 _BUSY = (
     " Other processes held the CPU during this run (two free cores would give every process pool close to "
     "2×), so the speedups in (c) say little; rerun on a quiet machine."
@@ -47,6 +48,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             rate = local[key]["gb_per_s"]["mini process"]
             size = f"{local[key]['bytes'] / 1e6:g} MB"
             rows.append(_row(f"(d) process-mode {size} array {what}", "≥ 1 GB/s", f"{rate:.2f} GB/s", rate))
+    if local:
+        rows += _issue_19(local)
     closures = results.get("closures")
     if closures:
         for mode in MINI:
@@ -143,6 +146,41 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _issue_19(local: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 19's local targets, each against the best peer measured in the same run."""
+    rows: list[dict[str, Any]] = []
+    latency = local["one_call"]["values"]
+    best = min(PROCESS_PEERS, key=lambda name: latency[name])
+    rows.append(_against("(19) process-mode latency, one call", latency, "mini process", best, "µs", 1.0, "≤"))
+    rows.append(
+        _against("(19) thread-mode latency, one call", latency, "mini thread", "ThreadPool(2)", "µs", 1.3, "≤")
+    )
+    throughput = local["map_trivial"]["values"]
+    best = max(PROCESS_PEERS, key=lambda name: throughput[name])
+    title = local["map_trivial"]["title"].removeprefix("b) ")
+    rows.append(_against(f"(19) process-mode {title}", throughput, "mini process", best, "items/s", 1.5, "≥"))
+    for mode in ("process", "isolated"):
+        for key, what in (("array_argument", "argument"), ("array_result", "result")):
+            rates = local[key]["gb_per_s"]
+            rate = rates.get(f"mini {mode}")
+            if rate is None:
+                continue
+            peers = ", ".join(f"{name} {rates[name]:.2f}" for name in PROCESS_PEERS if name in rates)
+            size = f"{local[key]['bytes'] / 1e6:g} MB"
+            measured = f"{rate:.2f} GB/s ({peers} GB/s)"
+            rows.append(_row(f"(19) {mode}-mode {size} array {what}", "≥ 5 GB/s", measured, rate / 5))
+    return rows
+
+
+def _against(
+    target: str, values: dict[str, float], ours: str, theirs: str, unit: str, goal: float, sense: str
+) -> dict[str, Any]:
+    ratio = values[ours] / values[theirs]
+    measured = f"{ratio:.2f}× ({ours} {_number(values[ours])}, {theirs} {_number(values[theirs])} {unit})"
+    factor = goal / ratio if sense == "≤" else ratio / goal
+    return _row(f"{target} vs the best peer", f"{sense} {goal:g}×", measured, factor)
+
+
 def _at_most(target: str, values: dict[str, float], ours: str, theirs: str, goal: float) -> dict[str, Any]:
     ratio = values[ours] / values[theirs]
     return _row(target, f"≤ {goal:g}×", f"{ratio:.2f}×", goal / ratio)
@@ -188,7 +226,11 @@ def markdown(results: dict[str, Any]) -> str:
     if "local" in results:
         lines += _local_tables(results["local"], results.get("closures"))
     if "targets" in results:
-        lines += ["## Targets (issue 8: LocalApparatus, 2 workers; issue 16: the result cache)", ""]
+        lines += [
+            "## Targets (issue 8: LocalApparatus, 2 workers; issue 16: the result cache; "
+            "issue 19: local speed)",
+            "",
+        ]
         lines += ["| target | goal | measured | result |", "|---|---|---|---|"]
         for row in [row for row in results["targets"] if not row.get("section")]:
             verdict = "met" if row["met"] else "**missed**"
@@ -333,7 +375,9 @@ def _local_tables(local: dict[str, Any], closures: dict[str, Any] | None) -> lis
     ]
     for figures in local.values():
         values = figures["values"]
-        for mode in MINI:
+        for mode in (*MINI, "mini isolated"):
+            if mode not in values:
+                continue
             cells = [_advantage(values[mode], values[other], figures["better"]) for other in COMPETITORS]
             lines.append(f"| {figures['title']} | {mode} | " + " | ".join(cells) + " |")
     return [*lines, ""]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from bench import tasks
-from bench.competitors import Runner, SerialRunner, open_all
+from bench.competitors import Runner, SerialRunner, open_all, open_isolated
 from bench.harness import clock, interleaved, median
 
 
@@ -46,16 +46,18 @@ def run(sizes: Sizes) -> dict[str, Any]:
     310.5
     """
     runners = open_all()
+    # Isolated workers move buffers as process-mode ones do, from another interpreter: (d) only.
+    isolated = open_isolated()
     try:
         return {
             "one_call": one_call(runners, sizes),
             "map_trivial": map_trivial(runners, sizes),
             "gil_bound": gil_bound([SerialRunner(), *runners], sizes),
-            "array_argument": array_argument([SerialRunner(), *runners], sizes),
-            "array_result": array_result([SerialRunner(), *runners], sizes),
+            "array_argument": array_argument([SerialRunner(), *runners, isolated], sizes),
+            "array_result": array_result([SerialRunner(), *runners, isolated], sizes),
         }
     finally:
-        for runner in runners:
+        for runner in [*runners, isolated]:
             runner.close()
 
 

@@ -10,7 +10,7 @@ import functools
 import inspect
 import itertools
 import types
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from mini._batching import batching_dispatch, check_batchable
@@ -27,10 +27,16 @@ from mini.serialization import ArgumentEncoder, Call, Outcome, decode_error, dum
 _FEED_AT_ONCE = 1024
 
 
-def values(batch: list[tuple[bool, Any]], return_exceptions: bool) -> Iterator[Any]:
+def values(batch: list[tuple[bool, Any]], return_exceptions: bool) -> Iterable[Any]:
     """A batch's results; a failure is raised, or yielded in its place with `return_exceptions`."""
+    found = [value for ok, value in batch if ok or return_exceptions]
+    # Without a failure to raise, a list: iterating it costs the caller next to nothing per result.
+    return found if len(found) == len(batch) else _until_failure(batch)
+
+
+def _until_failure(batch: list[tuple[bool, Any]]) -> Iterator[Any]:
     for ok, value in batch:
-        if not ok and not return_exceptions:
+        if not ok:
             raise value
         yield value
 

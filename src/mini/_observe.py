@@ -73,8 +73,10 @@ class CallObserver:
 
     def settled(self, index: int) -> None:
         """Call `index` has an outcome: it no longer runs."""
-        self.latest.pop(index, None)
-        self.placements.pop(index, None)
+        if self.latest:
+            self.latest.pop(index, None)
+        if self.placements:
+            self.placements.pop(index, None)
 
     def running(self) -> list[tuple[int, str]]:
         """A line for each running call that said something: its latest metrics, where it runs, how long

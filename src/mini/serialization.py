@@ -156,7 +156,8 @@ class ArgumentEncoder:
         self._pickler: cloudpickle.Pickler | None = None
 
     def encode(self, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
-        if _SCALARS.issuperset(map(type, args)) and _SCALARS.issuperset(map(type, kwargs.values())):
+        plain = type(args[0]) in _SCALARS if len(args) == 1 else _SCALARS.issuperset(map(type, args))
+        if plain and (not kwargs or _SCALARS.issuperset(map(type, kwargs.values()))):
             # Immutable, and always picklable: carried as they are, pickled only where they must be.
             return Call(index, plain=(args, kwargs))
         buffer = self._buffer

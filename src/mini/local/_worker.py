@@ -351,7 +351,7 @@ def _serve(sock: socket.socket, isolated: bool) -> None:
                 channel.begin(batch, index)
                 if type(payload) is tuple:  # plain arguments (see `Call.plain`)
                     args, kwargs = payload
-                    outcome = invoke(fn, index, args, kwargs, out_of_band=True, context=context)
+                    outcome = invoke(fn, index, args, kwargs, True, False, context)
                 elif buffers:
                     call = Call(index, payload, channel.arguments(buffers))
                     outcome = run_call(fn, call, out_of_band=True, context=context)

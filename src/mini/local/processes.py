@@ -312,7 +312,10 @@ class _Calls(Dispatch):
         )
 
     def _results(self, worker: WorkerProcess, results: list[Any]) -> list[Outcome]:
-        return [Outcome(index, ok, data, worker.incoming(buffers)) for index, ok, data, buffers in results]
+        return [
+            Outcome(index, ok, data, worker.incoming(buffers) if buffers else ())
+            for index, ok, data, buffers in results
+        ]
 
     def take_events(self, events: list[tuple[int, int, str, Any]], worker: WorkerProcess) -> None:
         """Events the worker sent for this map's calls (see `mini.local._worker`)."""
