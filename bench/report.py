@@ -151,14 +151,14 @@ def _issue_19(local: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     latency = local["one_call"]["values"]
     best = min(PROCESS_PEERS, key=lambda name: latency[name])
-    rows.append(_against("(19) process-mode latency, one call", latency, "mini process", best, "µs", 1.0, "≤"))
+    rows.append(_against("(19) process-mode latency, one call", latency, "mini process", best, 1.0, "≤"))
     rows.append(
-        _against("(19) thread-mode latency, one call", latency, "mini thread", "ThreadPool(2)", "µs", 1.3, "≤")
+        _against("(19) thread-mode latency, one call", latency, "mini thread", "ThreadPool(2)", 1.3, "≤")
     )
     throughput = local["map_trivial"]["values"]
     best = max(PROCESS_PEERS, key=lambda name: throughput[name])
     title = local["map_trivial"]["title"].removeprefix("b) ")
-    rows.append(_against(f"(19) process-mode {title}", throughput, "mini process", best, "items/s", 1.5, "≥"))
+    rows.append(_against(f"(19) process-mode {title}", throughput, "mini process", best, 1.5, "≥"))
     for mode in ("process", "isolated"):
         for key, what in (("array_argument", "argument"), ("array_result", "result")):
             rates = local[key]["gb_per_s"]
@@ -173,9 +173,10 @@ def _issue_19(local: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _against(
-    target: str, values: dict[str, float], ours: str, theirs: str, unit: str, goal: float, sense: str
+    target: str, values: dict[str, float], ours: str, theirs: str, goal: float, sense: str
 ) -> dict[str, Any]:
     ratio = values[ours] / values[theirs]
+    unit = "µs" if sense == "≤" else "items/s"
     measured = f"{ratio:.2f}× ({ours} {_number(values[ours])}, {theirs} {_number(values[theirs])} {unit})"
     factor = goal / ratio if sense == "≤" else ratio / goal
     return _row(f"{target} vs the best peer", f"{sense} {goal:g}×", measured, factor)

@@ -159,7 +159,7 @@ class ArgumentEncoder:
         plain = type(args[0]) in _SCALARS if len(args) == 1 else _SCALARS.issuperset(map(type, args))
         if plain and (not kwargs or _SCALARS.issuperset(map(type, kwargs.values()))):
             # Immutable, and always picklable: carried as they are, pickled only where they must be.
-            return Call(index, plain=(args, kwargs))
+            return Call(index, None, (), (args, kwargs))
         buffer = self._buffer
         buffer.seek(0)
         buffer.truncate()
