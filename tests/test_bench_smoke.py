@@ -18,7 +18,9 @@ def test_quick_local_run_writes_json_and_markdown(tmp_path: Path) -> None:
         values = results["local"][key]["values"]
         assert runners <= set(values), key
         assert all(value > 0 for value in values.values()), key
-    assert {row["target"].split(" ")[0] for row in results["targets"]} == {"(a)", "(b)", "(c)", "(d)"}
+    assert {row["target"].split(" ")[0] for row in results["targets"]} == {"(a)", "(b)", "(c)", "(d)", "(19)"}
+    for key in ("array_argument", "array_result"):  # isolated workers, for their transport of arrays
+        assert results["local"][key]["values"]["mini isolated"] > 0
     table = (tmp_path / "results.md").read_text()
     assert "| a) one call, warm pool | µs |" in table
     assert "quick smoke run" in table
@@ -44,6 +46,36 @@ def test_targets_judge_met_and_missed() -> None:
     assert verdicts["(b) process-mode map throughput vs ProcessPool"] == (True, 1.25)
     assert verdicts["(c) process-mode speedup, 2 workers"] == (True, 1.03)
     assert verdicts["(d) process-mode 100 MB array result"] == (False, 0.5)
+
+
+def test_issue_19_targets_are_judged_against_the_best_peer_of_the_run() -> None:
+    local = {
+        "one_call": {
+            "values": {
+                "mini process": 90.0,
+                "ProcessPool(2)": 100.0,
+                "joblib loky(2)": 9_000.0,
+                "mini thread": 40.0,
+                "ThreadPool(2)": 30.0,
+            }
+        },
+        "map_trivial": {
+            "title": "b) map of 10,000 trivial calls",
+            "values": {"mini process": 600_000.0, "joblib loky(2)": 500_000.0, "ProcessPool(2)": 16_000},
+        },
+        "gil_bound": {"values": {"mini process": 1.9}},
+        "array_argument": {"bytes": 100_000_000, "gb_per_s": {"mini process": 6.0, "mini isolated": 4.0}},
+        "array_result": {"bytes": 100_000_000, "gb_per_s": {"mini process": 5.0, "joblib loky(2)": 0.2}},
+    }
+    verdicts = {row["target"]: (row["met"], round(row["factor"], 2)) for row in targets({"local": local})}
+
+    assert verdicts["(19) process-mode latency, one call vs the best peer"] == (True, 1.11)
+    assert verdicts["(19) thread-mode latency, one call vs the best peer"] == (False, 0.98)
+    assert verdicts["(19) process-mode map of 10,000 trivial calls vs the best peer"] == (False, 0.8)
+    assert verdicts["(19) process-mode 100 MB array argument"] == (True, 1.2)
+    assert verdicts["(19) isolated-mode 100 MB array argument"] == (False, 0.8)
+    assert verdicts["(19) process-mode 100 MB array result"] == (True, 1.0)
+    assert "(19) isolated-mode 100 MB array result" not in verdicts  # not measured in this run
 
 
 def test_quick_volumes_run_moves_the_file_intact_on_both_backends(tmp_path: Path) -> None:
