@@ -425,25 +425,41 @@ def _memory_table(memory: dict[str, Any]) -> list[str]:
     return [*lines, "", note, ""]
 
 
-# Why a target can be missed, as measured while building mini (see the commit messages of src/mini/local/).
+# Why a target can be missed, as profiled while building mini (py-spy and cProfile for the CPU per call,
+# /proc/PID/task/*/schedstat for each process's CPU per item, timelines of a map's batches).
+_MAP = (
+    "per item of a map of trivial calls the parent spends about 1.6 µs of CPU (the call object, the batch "
+    "message, each outcome's object and unpickling, ordering, handing results to the caller's thread) and "
+    "the workers about 1.5 µs (each call's context, the call, pickling its result), where joblib spends "
+    "about 1.5 µs and 0.4 µs: its workers call a pickled list of calls and pickle the list of results, with "
+    "nothing kept per call, while mini keeps what a call is owed (its context for mini.runtime, its reports "
+    "and printed lines, its own error, crash attribution). On two cores shared with other work the three "
+    "processes compete for both CPUs, and between batches the caller's thread waits 1-5 ms for the GIL that "
+    "mini's loop thread holds, so the ratio swings from run to run."
+)
+_ARRAYS = (
+    "each 100 MB array is copied once into shared memory (one memcpy: about 7 ms on a quiet machine) and the "
+    "work itself (summing it, or allocating and filling a fresh one: the serial rows) takes about as long "
+    "again, so 5 GB/s leaves a few ms for the rest; when other processes hold the CPU, copy and work each "
+    "take two to three times as long (compare the serial rows across runs)."
+)
+_THREAD = (
+    "a thread-mode run still pickles its arguments and result and builds a map's state for one call "
+    "(MapRun, its dispatch and observer: about 10 µs of Python), where ThreadPoolExecutor passes references "
+    "to a bare future. Both wake a worker thread and wait for it; mini wakes the thread that was idle last "
+    "(its caches warm), so how the two compare depends on which threads the scheduler runs where."
+)
 _WHY = {
-    "(a) thread-mode latency": (
-        "a thread-mode call still crosses the serialisation boundary (arguments and result pickled and "
-        "unpickled, so the callee works on copies) and sets up a map's state and a dispatch per call, then "
-        "crosses threads twice; ThreadPoolExecutor passes references. On this machine that bookkeeping is "
-        "60-90 µs, most of it cache-cold Python run after each thread switch."
-    ),
-    "(a) process-mode latency": "one round trip to a worker, as in ProcessPool; the rest is noise.",
-    "(b)": (
-        "per item the parent spends about 4 µs (encoding, reordering, decoding) and the workers about "
-        "3.5 µs; on two shared cores the parent and both workers compete for the same CPUs."
-    ),
+    "(a) thread-mode latency": _THREAD,
+    "(19) thread-mode latency": _THREAD,
+    "(a) process-mode latency": "one round trip to a worker from the caller's thread; the rest is noise.",
+    "(19) process-mode latency": "one round trip to a worker from the caller's thread; the rest is noise.",
+    "(b)": _MAP,
+    "(19) process-mode map": _MAP,
     "(c)": "it needs two free cores (see the note under the first table).",
-    "(d)": (
-        "each array is sent as one frame and received straight into the memory it will own (one copy each "
-        "way; map arguments get one snapshot more), but on this virtual machine filling fresh memory costs "
-        "page faults of 1-3 ms per MB when the kernel has no huge pages at hand, as under load."
-    ),
+    "(d)": _ARRAYS,
+    "(19) process-mode 100": _ARRAYS,
+    "(19) isolated-mode 100": _ARRAYS,
 }
 
 

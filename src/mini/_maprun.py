@@ -113,6 +113,8 @@ class MapRun:
                 return None
             ready = self._take_ready()
             if ready:
+                # Their room goes to new inputs now: the backend keeps busy while the caller handles these.
+                await self._feed()
                 await self._observer.caught_up()  # the reports of these calls reach on_report first
                 return ready
             assert self._dispatch is not None  # nothing ready: some call was dispatched
