@@ -10,15 +10,19 @@ import pytest
 
 import mini
 from mini import LocalApparatus, MiniError, OptionError
+from mini._loop import NeedsLoop
 from mini.errors import ArgumentError, RemoteTraceback
+from mini.local._worker_process import Overdue
 from mini.modal_backend._invocation import OutputExpired
 from mini.modal_backend.entry import CallFailed
 from mini.runtime import StreamStopped
 
 # Exceptions that never reach user code: the text of a remote traceback (shown as an exception's cause), a
-# user's error on its way out of a Modal container (raised there so that Modal's retries apply), and a
-# detached Modal call's expired output (caught where it is raised, in the run monitor).
-NEVER_REACH_USERS = {RemoteTraceback, CallFailed, OutputExpired, StreamStopped}
+# user's error on its way out of a Modal container (raised there so that Modal's retries apply), a
+# detached Modal call's expired output (caught where it is raised, in the run monitor), a run that must go
+# through mini's loop after all (caught by `Apparatus.run`), and a lent worker's overdue answer (caught by
+# its dispatch, which turns it into the call's CallTimeoutError).
+NEVER_REACH_USERS = {RemoteTraceback, CallFailed, OutputExpired, StreamStopped, NeedsLoop, Overdue}
 
 
 def mini_exception_classes() -> list[type[BaseException]]:
