@@ -376,7 +376,7 @@ class _ProcessDispatch(_Calls):
         # Enough queued that a worker is never short while an earlier batch (held up on a busy machine)
         # keeps the results behind it from the caller: in order, they count as submitted until consumed.
         slots = self._pool.workers * self._concurrent
-        return 4 * slots * self._target_batch()
+        return 3 * slots * self._target_batch()
 
     def running(self) -> int:
         return self._running
@@ -572,7 +572,7 @@ class _LentDispatch(_Calls):
         """Send the next call, or wait for the answer of the one sent (on this thread)."""
         if self._running is None:
             if not self._queue:
-                return
+                raise RuntimeError("a lent worker's dispatch was asked for outcomes with no call to run")
             call = self._queue.popleft()
             try:
                 self._worker = self._pool.lent_worker(self._lent_position())
