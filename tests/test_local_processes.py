@@ -207,3 +207,11 @@ def test_under_concurrency_only_the_input_that_killed_its_worker_fails(mode):
         out = list(app.w(concurrent_inputs=3).map(calls.crash_on, range(8), [1] * 8, return_exceptions=True))
     assert isinstance(out[1], WorkerCrashed) and "call #1 " in str(out[1])
     assert [out[x] for x in (0, 2, 3, 4, 5, 6, 7)] == [0, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_line_a_call_leaves_unfinished_is_shown_when_it_returns(app, capsys):
+    assert list(app.map(calls.print_unfinished, range(3))) == [0, 1, 2]
+    out, err = capsys.readouterr()
+    for x in range(3):
+        assert f"[{x}] unfinished {x} out" in out.splitlines()
+        assert f"[{x}] unfinished {x} err" in err.splitlines()

@@ -415,3 +415,12 @@ def mark_and_block_holding(x: int, folder: str, array) -> float:
     """`mark_and_block`, holding a (large) argument meanwhile."""
     mark_and_block(x, folder)
     return float(array.sum())
+
+
+def print_unfinished(x: int) -> int:
+    """Prints a line without its end on each stream, then returns."""
+    import sys
+
+    print(f"unfinished {x} out", end="")
+    print(f"unfinished {x} err", end="", file=sys.stderr)
+    return x

@@ -290,12 +290,13 @@ class _Sink:
 
 class _CallOutput:
     """`sys.stdout` or `sys.stderr` of the worker: a call's lines become events of that call (shown by the
-    caller with the call's index), anything printed outside a call goes to the real stream."""
+    caller with the call's index), anything printed outside a call goes to the real stream. A line a call
+    leaves unfinished waits in `partial`, shared by both streams, until the call ends (`end_of_call`)."""
 
-    def __init__(self, name: str, real: Any) -> None:
+    def __init__(self, name: str, real: Any, partial: dict[tuple[str, int], str]) -> None:
         self._name = name
         self._real = real
-        self._partial: dict[int, str] = {}
+        self._partial = partial
 
     def write(self, text: str) -> int:
         from mini.runtime import current
@@ -303,7 +304,7 @@ class _CallOutput:
         context = current()
         if context is None or context.events is None:
             return self._real.write(text)
-        key = id(context)
+        key = (self._name, id(context))
         pending = self._partial.pop(key, "") + text
         *lines, rest = pending.split("\n")
         for line in lines:
@@ -315,15 +316,16 @@ class _CallOutput:
     def flush(self) -> None:
         self._real.flush()
 
-    def end_of_call(self, context: Any) -> None:
-        if not self._partial:
-            return
-        rest = self._partial.pop(id(context), "")
-        if rest and context.events is not None:
-            context.events.emit(context.index, "output", (self._name, rest))
-
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
+
+
+def _end_of_call(partial: dict[tuple[str, int], str], context: Any) -> None:
+    """What the call printed without ending the line goes out as its last line, on each stream."""
+    for name in ("stdout", "stderr"):
+        rest = partial.pop((name, id(context)), "")
+        if rest and context.events is not None:
+            context.events.emit(context.index, "output", (name, rest))
 
 
 def _serve(sock: socket.socket, isolated: bool) -> None:
@@ -336,8 +338,9 @@ def _serve(sock: socket.socket, isolated: bool) -> None:
         sys.exit(1)
     channel = _Channel(sock, fresh_buffer)
     channel.send(("ready", sys.version_info[:2], placement_here(), channel.shared))
-    outputs = [_CallOutput("stdout", sys.stdout), _CallOutput("stderr", sys.stderr)]
-    sys.stdout, sys.stderr = outputs
+    partial: dict[tuple[str, int], str] = {}
+    sys.stdout = _CallOutput("stdout", sys.stdout, partial)
+    sys.stderr = _CallOutput("stderr", sys.stderr, partial)
     prepare = _explaining if isolated else _calling
     _start_flusher(channel)
 
@@ -358,8 +361,8 @@ def _serve(sock: socket.socket, isolated: bool) -> None:
                     del call  # its argument buffers: their shared memory is released once the call is done
                 else:
                     outcome = run_call(fn, Call(index, payload), out_of_band=True, context=context)
-                for output in outputs:
-                    output.end_of_call(context)
+                if partial:
+                    _end_of_call(partial, context)
                 buffers = channel.result_buffers(outcome.buffers) if outcome.buffers else ()
                 results.append((index, outcome.ok, outcome.data, buffers))
                 del outcome  # a result that is its argument holds the argument's shared memory
