@@ -196,6 +196,9 @@ class MapRun:
         if outcome.ok:
             value = loads(outcome.data, buffers=outcome.buffers)  # type: ignore[arg-type]
             self._done += 1
+            if not self._retries:  # the common case, without the bookkeeping below
+                self._buffer[index] = (True, value)
+                return
         else:
             attempt = self._attempts.get(index, 0)
             if attempt < self._retries:
