@@ -428,14 +428,15 @@ def _memory_table(memory: dict[str, Any]) -> list[str]:
 # Why a target can be missed, as profiled while building mini (py-spy and cProfile for the CPU per call,
 # /proc/PID/task/*/schedstat for each process's CPU per item, timelines of a map's batches).
 _MAP = (
-    "per item of a map of trivial calls the parent spends about 1.6 µs of CPU (the call object, the batch "
+    "per item of a map of trivial calls the parent spends about 1.7 µs of CPU (the call object, the batch "
     "message, each outcome's object and unpickling, ordering, handing results to the caller's thread) and "
-    "the workers about 1.5 µs (each call's context, the call, pickling its result), where joblib spends "
-    "about 1.5 µs and 0.4 µs: its workers call a pickled list of calls and pickle the list of results, with "
+    "the workers about 1.3 µs (each call's context, the call, pickling its result), where joblib spends "
+    "about 1.7 µs and 0.4 µs: its workers call a pickled list of calls and pickle the list of results, with "
     "nothing kept per call, while mini keeps what a call is owed (its context for mini.runtime, its reports "
-    "and printed lines, its own error, crash attribution). On two cores shared with other work the three "
-    "processes compete for both CPUs, and between batches the caller's thread waits 1-5 ms for the GIL that "
-    "mini's loop thread holds, so the ratio swings from run to run."
+    "and printed lines, its own error, crash attribution). The parent is the bottleneck (its CPU per item "
+    "bounds the map at about 590,000 items/s on two free cores); on two cores shared with other work the "
+    "three processes also compete for both CPUs, and between batches the caller's thread waits 1-5 ms for "
+    "the GIL that mini's loop thread holds, so the ratio swings from run to run."
 )
 _ARRAYS = (
     "each 100 MB array is copied once into shared memory (one memcpy: about 7 ms on a quiet machine) and the "
@@ -464,13 +465,12 @@ _WHY = {
 
 
 def _why_missed(rows: list[dict[str, Any]]) -> list[str]:
-    lines: list[str] = []
-    told: set[str] = set()
+    missed: dict[str, list[str]] = {}  # reason -> the missed targets it explains, in order
     for row in rows:
         reason = next((why for prefix, why in _WHY.items() if row["target"].startswith(prefix)), None)
-        if not row["met"] and reason is not None and reason not in told:
-            told.add(reason)
-            lines.append(f"- {row['target']}: {reason}")
+        if not row["met"] and reason is not None:
+            missed.setdefault(reason, []).append(row["target"])
+    lines = [f"- {'; '.join(names)}: {reason}" for reason, names in missed.items()]
     return ["Where a target was missed, why:", "", *lines, ""] if lines else []
 
 
