@@ -4,8 +4,11 @@ Running the core on one loop in a daemon thread lets the sync API work anywhere,
 running loop (a notebook cell), and keeps backend resources (pipes, sockets) bound to a single loop
 whichever thread or loop the user calls from.
 
-A backend whose dispatch holds no such resources and waits only on `Signal`s (thread mode) can have the
-same core driven on the caller's thread instead (`drive`): a call then crosses threads twice, not four times.
+A single blocking `run` can have the same core driven on the caller's thread instead (`drive`), by a
+dispatch that waits only by blocking (`Blocking`): on a `Signal` its worker threads set (thread mode: a call
+then crosses threads twice, not four times), or on its own blocking work (process mode, on a worker lent to
+that thread: the call crosses no thread of this process). A dispatch that cannot do that right now raises
+`NeedsLoop`, and the run goes through the loop after all.
 """
 
 from __future__ import annotations

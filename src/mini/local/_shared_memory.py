@@ -126,10 +126,6 @@ class Outbox:
             oldest.close()
             self._retired.append(oldest.id)
 
-    def lent(self) -> int:
-        """How many segments the peer holds now."""
-        return len(self._lent)
-
     def close(self) -> None:
         """Close every segment (the peer's mappings, if any, keep their memory until it drops them)."""
         self._closed = True

@@ -1,10 +1,11 @@
 """The pool's handle on one worker process: starting it, talking to it, its shared memory, ending it.
 
-Messages are exchanged in one of two ways. On mini's loop (`exchange`), for the pool's drivers; and on a
-caller's own thread (`exchange_here`), for a single `run` that has this worker lent to it, so that the call
-crosses no thread but the worker's (see `mini.local.processes.ProcessPool.lend`). A worker of a pool that
-runs one input at a time has one batch outstanding at most, and whoever sent it reads the answer; a worker
-of a concurrent pool has a reader task of its own that hands each reply to the batch waiting for it.
+Messages are exchanged on mini's loop, for the pool's drivers, or on a caller's own thread
+(`exchange_here`), for a single `run` that has this worker lent to it, so that the call crosses no thread
+but the worker's (see `mini.local.processes.ProcessPool.lend`). A worker of a pool that runs one input at a
+time runs its batches in order (at most two outstanding: `send`, then `answer` each), and whoever sent
+them reads the answers; a worker of a concurrent pool has a reader task of its own that hands each reply
+to the batch waiting for it (`exchange`).
 """
 
 from __future__ import annotations
@@ -201,20 +202,18 @@ class WorkerProcess:
     # ----- on mini's loop ----------------------------------------------------------------------------
 
     async def exchange(self, batch: int, message: object, owner: Owner) -> tuple[list[Any], float] | None:
-        """Send a batch and wait for its reply, its calls' events going to `owner.take_events`; None if
-        the worker died first."""
-        if not self.exclusive:
-            reply: asyncio.Future[Any] = self._loop.create_future()
-            self._waiting[batch] = (reply, owner)
-            try:
-                if not await self.send(message):
-                    return None
-                return await reply
-            finally:
-                self._waiting.pop(batch, None)
-        if not await self.send(message):
-            return None
-        return await self.answer(batch, owner)
+        """Send a batch to a worker of a concurrent pool and wait for its reply, its calls' events going to
+        `owner.take_events`; None if the worker died first. (One that takes a batch at a time is sent its
+        batches with `send` and answers them, in order, through `answer`.)"""
+        assert not self.exclusive
+        reply: asyncio.Future[Any] = self._loop.create_future()
+        self._waiting[batch] = (reply, owner)
+        try:
+            if not await self.send(message):
+                return None
+            return await reply
+        finally:
+            self._waiting.pop(batch, None)
 
     async def answer(self, batch: int, owner: Owner) -> tuple[list[Any], float] | None:
         """The reply to `batch`, sent before, of a worker that takes one batch at a time (events of this
