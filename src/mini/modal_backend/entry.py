@@ -58,7 +58,8 @@ def _load(fn_blob: bytes) -> Callable[..., Any]:
 
 
 def _sink(queue: Any) -> Any:
-    """The container's event sink, with its prints captured per input (made once per container)."""
+    """The container's event sink (made once per container, with its prints captured per input), begun
+    for the input this thread or task runs."""
     global _events
     if queue is None:
         return None
@@ -68,6 +69,7 @@ def _sink(queue: Any) -> Any:
         _events = ContainerEvents(queue)
         _outputs[:] = [CallOutput("stdout", sys.stdout, _events), CallOutput("stderr", sys.stderr, _events)]
         sys.stdout, sys.stderr = _outputs
+    _events.begin()
     return _events
 
 
@@ -95,8 +97,6 @@ def run(
     return the pickled result (with the input's event count when it had events) or raise `CallFailed`."""
     fn = _load(fn_blob)
     sink = _sink(queue)
-    if sink is not None:
-        sink.begin()
     # The position in the map is the output's `idx`, known to the caller; the entry does not need it.
     try:
         with synced(volumes):
@@ -119,8 +119,6 @@ def stream(
     """Run the pickled generator function; yield each value it yields, pickled by mini."""
     fn = _load(fn_blob)
     sink = _sink(queue)
-    if sink is not None:
-        sink.begin()
     context = CallContext(None, MODAL, sink, volumes=MOUNTED)
     try:
         with synced(volumes):
@@ -156,8 +154,6 @@ async def arun(
     """`run`, for an `async def` function."""
     fn = _load(fn_blob)
     sink = _sink(queue)
-    if sink is not None:
-        sink.begin()
     token = enter(CallContext(None, MODAL, sink, volumes=MOUNTED))
     try:
         async with _asynced(volumes):
@@ -183,8 +179,6 @@ async def astream(
     """`stream`, for an async generator function."""
     fn = _load(fn_blob)
     sink = _sink(queue)
-    if sink is not None:
-        sink.begin()
     token = enter(CallContext(None, MODAL, sink, volumes=MOUNTED))
     try:
         async with _asynced(volumes):
@@ -216,8 +210,6 @@ def run_batch(
 
     fn = _load(fn_blob)
     sink = _sink(queue)
-    if sink is not None:
-        sink.begin()
     size = len(columns[0]) if columns else 0
     try:
         with synced(volumes), calling(CallContext(None, MODAL, sink, volumes=MOUNTED)):
